@@ -1,0 +1,113 @@
+# Shared helpers for the benchmark scripts: a throwaway cluster with pg_kpi preloaded,
+# started on a free loopback port under target/bench-cluster and stopped on exit.
+# Source it; it defines PORT, PGDIR and the functions below.
+# shellcheck shell=bash
+
+PG_BIN="${PG_BIN_DIR:-/usr/lib/postgresql/15/bin}"
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
+CLUSTER_ROOT="$REPO_DIR/target/bench-cluster"
+DB=bench
+
+# Server settings for every benchmark. synchronous_commit=off keeps the WAL flush of
+# each commit out of the measurement, so the ratios show the CPU cost of capturing
+# changes (what the extension controls) rather than the disk's fsync latency.
+# Override with BENCH_PG_OPTS (e.g. "-c synchronous_commit=on").
+BENCH_PG_OPTS="${BENCH_PG_OPTS:--c synchronous_commit=off}"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+# Postgres refuses to run as root: run its binaries as `postgres` when we are root.
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+require_extension() {
+    local sharedir
+    sharedir="$("$PG_BIN/pg_config" --sharedir)"
+    if [ ! -f "$sharedir/extension/pg_kpi.control" ]; then
+        echo "pg_kpi is not installed: run 'cargo pgrx install --release' in pg_kpi/ first" >&2
+        exit 1
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Starts the cluster and creates database `bench` with the extension.
+start_cluster() {
+    require_extension
+    mkdir -p "$CLUSTER_ROOT"
+    PGDIR="$(mktemp -d "$CLUSTER_ROOT/c.XXXXXX")"
+    if [ "$(id -u)" = 0 ]; then
+        # The data directory and its parents must be reachable by postgres.
+        chmod a+rx "$REPO_DIR/target" "$CLUSTER_ROOT"
+        chown postgres:postgres "$PGDIR"
+    fi
+    chmod 700 "$PGDIR"
+    PORT="$(free_port)"
+    trap stop_cluster EXIT
+    as_pg "$PG_BIN/initdb" -A trust -U postgres -E UTF8 --no-sync -D "$PGDIR/data" >/dev/null
+    # shellcheck disable=SC2086  # BENCH_PG_OPTS holds several options on purpose
+    as_pg "$PG_BIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/server.log" -w -t 60 \
+        -o "-p $PORT -k $PGDIR -c listen_addresses=127.0.0.1 -c max_connections=50
+            -c shared_buffers=256MB -c max_wal_size=4GB -c checkpoint_timeout=30min
+            -c shared_preload_libraries=pg_kpi -c pg_kpi.databases=$DB $BENCH_PG_OPTS" \
+        start >/dev/null
+    psql_db postgres -c "CREATE DATABASE $DB" >/dev/null
+    psql_db "$DB" -c "CREATE EXTENSION pg_kpi" >/dev/null
+    log "cluster on port $PORT in $PGDIR"
+}
+
+stop_cluster() {
+    if [ -n "${PGDIR:-}" ] && [ -d "$PGDIR/data" ]; then
+        as_pg "$PG_BIN/pg_ctl" -D "$PGDIR/data" -m fast -w stop >/dev/null 2>&1 || true
+        if [ -z "${KEEP_CLUSTER:-}" ]; then rm -rf "$PGDIR"; fi
+    fi
+}
+
+# psql_db DB [psql args...]: quiet, stop on the first error.
+psql_db() {
+    local db="$1"
+    shift
+    psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PORT" -U postgres -d "$db" "$@"
+}
+
+# psql against `bench`, printing bare values.
+sql() { psql_db "$DB" -At -c "$1"; }
+
+# The orders schema used by every benchmark: $1 is the table name.
+create_orders_table() {
+    sql "CREATE TABLE $1 (
+        id bigserial PRIMARY KEY,
+        created_at timestamptz NOT NULL,
+        region text, channel text, status text,
+        amount numeric(12,2), quantity int, latency_ms double precision)"
+}
+
+# Three KPIs on table $1 (prefix $2 for their names), as the write benchmarks measure:
+# - ${2}checkout: two dimensions and a filter, 1-minute buckets;
+# - ${2}totals: no dimensions, 1-day bucket: every row lands in the same aggregate row,
+#   the case where a naive trigger makes all writers queue on one row lock;
+# - ${2}by_status: one dimension, min/max.
+create_three_kpis() {
+    local t="$1" p="$2"
+    sql "SELECT kpi.create(name => '${p}checkout', source => '$t', time_column => 'created_at',
+            measures => 'revenue = sum(amount * quantity), orders = count(*), aov = avg(amount)',
+            dimensions => '{region, channel}', filter => \$\$status <> 'cancelled'\$\$,
+            bucket => '1 minute')" >/dev/null
+    sql "SELECT kpi.create(name => '${p}totals', source => '$t', time_column => 'created_at',
+            measures => 'orders = count(*), revenue = sum(amount)', bucket => '1 day')" >/dev/null
+    sql "SELECT kpi.create(name => '${p}by_status', source => '$t', time_column => 'created_at',
+            measures => 'n = count(*), lo = min(amount), hi = max(amount)',
+            dimensions => '{status}', bucket => '1 hour')" >/dev/null
+}
+
+# Folds whatever is pending so the next measurement does not pay for this one.
+drain() {
+    sql "SELECT kpi.fold()" >/dev/null
+    sql "CHECKPOINT" >/dev/null
+}
+
+ratio() { python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print(f'{a / b:.2f}' if b else 'n/a')" "$1" "$2"; }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every write-path benchmark and writes what they print to bench/results/latest.txt
+# as well as stdout. Assumes `cargo pgrx install --release` was run in pg_kpi/.
+#   DURATION=30 (write_overhead, seconds per run)   ROWS=1000000 (copy)   ROUNDS=1
+set -euo pipefail
+cd "$(dirname "$0")"
+mkdir -p results
+out=results/latest.txt
+{
+    echo "pg_kpi write-path benchmarks, $(date -u '+%Y-%m-%d %H:%M:%SZ')"
+    echo "host: $(nproc) cores, $(uname -sr), $(/usr/lib/postgresql/15/bin/postgres --version)"
+    echo "settings: DURATION=${DURATION:-30} ROWS=${ROWS:-1000000} ROUNDS=${ROUNDS:-1} BENCH_PG_OPTS='${BENCH_PG_OPTS:--c synchronous_commit=off}'"
+    echo
+    ./write_overhead.sh
+    echo
+    ./copy.sh
+} 2>&1 | tee "$out.partial"
+mv "$out.partial" "$out"
+echo "results written to bench/$out"

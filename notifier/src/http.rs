@@ -1,0 +1,209 @@
+//! The router, the shared state, and the cross-cutting HTTP concerns: Origin
+//! allow-list, CORS, connection limit, error metrics and the health endpoints.
+//!
+//! `app(state)` builds the whole `Router`, so tests drive it in-process with
+//! `tower::ServiceExt::oneshot` and `serve` mounts the same thing on a socket. The
+//! dashboard (a later issue) will be another route (and a static-files service) here.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{Auth, Principal};
+use crate::config::Config;
+use crate::db::ApiDb;
+use crate::error::{ApiError, ErrorCode};
+use crate::hub::Hub;
+use crate::listen::Status;
+use crate::metrics::{Gauges, Metrics, Transport};
+use crate::shutdown::Shutdown;
+use crate::{api, sse, ws};
+
+/// Everything a request handler may need; cloned per request (one `Arc`).
+pub type AppState = Arc<Shared>;
+
+pub struct Shared {
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    pub auth: Auth,
+    pub metrics: Arc<Metrics>,
+    pub status: watch::Receiver<Status>,
+    pub db: ApiDb,
+    /// One permit per open WebSocket or SSE connection (`limits.max_connections`).
+    pub connections: Arc<Semaphore>,
+    pub shutdown: Shutdown,
+}
+
+impl Shared {
+    /// Authenticates a request, counting refusals.
+    pub fn principal(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+    ) -> Result<Principal, ApiError> {
+        self.auth.authenticate(headers, query_token).map_err(|e| {
+            self.metrics.rejected.inc(e.reason());
+            ApiError::Unauthorized(e.to_string())
+        })
+    }
+
+    /// Refuses a KPI outside the principal's scope.
+    pub fn authorize(&self, p: &Principal, kpi: &str) -> Result<(), ApiError> {
+        if p.scope.allows(kpi) {
+            Ok(())
+        } else {
+            self.metrics.rejected.inc("forbidden");
+            Err(ApiError::Forbidden(format!(
+                "token may not read KPI {:?}",
+                crate::protocol::truncate(kpi, 64)
+            )))
+        }
+    }
+}
+
+/// Holds one connection slot for a streaming client.
+pub struct ConnectionGuard(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl ConnectionGuard {
+    pub fn acquire(state: &AppState, t: Transport) -> Result<ConnectionGuard, ApiError> {
+        if state.shutdown.is_shutting_down() {
+            return Err(ApiError::NotReady("server is shutting down".into()));
+        }
+        match state.connections.clone().try_acquire_owned() {
+            Ok(p) => Ok(ConnectionGuard(p)),
+            Err(_) => {
+                state.metrics.rejected.inc("too_many_connections");
+                tracing::warn!(
+                    transport = ?t,
+                    limit = state.config.limits.max_connections,
+                    "connection refused: limit reached"
+                );
+                Err(ApiError::TooManyConnections)
+            }
+        }
+    }
+}
+
+/// The whole HTTP surface.
+pub fn app(state: AppState) -> Router {
+    let cors = cors_layer(&state.config);
+    Router::new()
+        .route("/", get(index))
+        .route("/ws", get(ws::handler))
+        .route("/sse", get(sse::handler))
+        .nest("/api", api::router())
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { ApiError::NotFound })
+        .layer(middleware::from_fn_with_state(state.clone(), check_origin))
+        .layer(cors)
+        .layer(middleware::from_fn_with_state(state.clone(), count_errors))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// A placeholder until the dashboard lands.
+async fn index() -> Html<&'static str> {
+    Html(
+        "<!doctype html><meta charset=utf-8><title>pg_kpi notifier</title>\
+         <h1>pg_kpi notifier</h1><p>Live KPIs: <code>/ws</code>, <code>/sse?kpi=…</code>, \
+         <code>/api/kpis</code>. Health: <a href=/readyz>/readyz</a>, \
+         <a href=/metrics>/metrics</a>.</p>",
+    )
+}
+
+/// Liveness: the process is up and serving HTTP.
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: connected to the database with every KPI loaded.
+async fn readyz(State(state): State<AppState>) -> Response {
+    let status = state.status.borrow().clone();
+    let code = if status.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut body = json!(status);
+    body["kpis"] = json!(state.hub.len());
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.metrics.render(&Gauges {
+        ready: state.status.borrow().ready,
+        kpis: state.hub.len(),
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Refuses browser requests from origins that are not allowed. Requests without an
+/// `Origin` (curl, servers) and same-origin requests pass: the allow-list exists to
+/// stop other web pages from using a visitor's browser (and its token) against us.
+async fn check_origin(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        if !origin_allowed(&state.config.http.allowed_origins, origin, host) {
+            state.metrics.rejected.inc("origin_not_allowed");
+            let shown = String::from_utf8_lossy(origin.as_bytes());
+            return ApiError::OriginNotAllowed(crate::protocol::truncate(&shown, 100).into())
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+pub fn origin_allowed(allowed: &[String], origin: &HeaderValue, host: Option<&str>) -> bool {
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    // Same origin: the page was served by this notifier (the dashboard).
+    match (origin.split_once("://"), host) {
+        (Some((_, origin_host)), Some(host)) => origin_host.eq_ignore_ascii_case(host),
+        _ => false,
+    }
+}
+
+fn cors_layer(config: &Config) -> CorsLayer {
+    let allowed = config.http.allowed_origins.clone();
+    CorsLayer::new()
+        .allow_methods([Method::GET])
+        .allow_headers([header::AUTHORIZATION, sse::LAST_EVENT_ID])
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin_allowed(&allowed, origin, None)
+        }))
+}
+
+/// Counts error responses by their code (see `error::ErrorCode`).
+async fn count_errors(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>() {
+        state.metrics.http_errors.inc(code);
+    }
+    response
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -1,0 +1,135 @@
+//! The pg_kpi notifier: pushes KPI changes from Postgres to dashboards.
+//!
+//! One LISTEN connection learns which KPIs changed, re-reads them, and publishes each new
+//! version once to a per-KPI latest-value channel; WebSocket, SSE and REST clients read
+//! from those channels. Postgres stays the only stateful component, so replicas are
+//! interchangeable.
+//!
+//! Where to look:
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`config`] | the one configuration struct and its layers (defaults < file < env < flags) |
+//! | [`listen`] | the supervised LISTEN connection: reconnect, reload, coalesced snapshot reads, fold timer |
+//! | [`hub`] | per-KPI `watch` channels: latest-value fan-out, frames serialized once |
+//! | [`protocol`] | client and server messages, error codes, WebSocket close codes |
+//! | [`http`] | the router (`app`), shared state, Origin/CORS, connection limit, health |
+//! | [`ws`] | `GET /ws` sessions |
+//! | [`sse`] | `GET /sse` event streams |
+//! | [`api`] | `GET /api/kpis…` JSON endpoints |
+//! | [`auth`] | bearer tokens: static keys and HS256 JWTs, KPI scopes |
+//! | [`db`] | connection settings and the API's query connection |
+//! | [`metrics`] | Prometheus counters, gauges and the latency histogram |
+//! | [`error`] | the HTTP error enum (JSON body, logged once) |
+//! | [`shutdown`] | SIGTERM/ctrl-c and the shutdown flag every task watches |
+//!
+//! [`serve`] takes an already bound listener and a shutdown future from its caller, so
+//! tests bind port 0 and stop the server when they want.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod listen;
+pub mod metrics;
+pub mod protocol;
+pub mod shutdown;
+pub mod sse;
+pub mod ws;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use config::Config;
+
+/// Why the server could not start (or stopped with an error).
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(String),
+    #[error("server I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Builds the shared state and the (not yet running) LISTEN supervisor.
+pub fn state(
+    config: Config,
+    shutdown: shutdown::Shutdown,
+) -> Result<(http::AppState, listen::Listener), ServeError> {
+    let pg = db::pg_config(&config).map_err(ServeError::Config)?;
+    let hub = Arc::new(hub::Hub::new());
+    let metrics = Arc::new(metrics::Metrics::default());
+    let (status_tx, status_rx) = listen::status_channel();
+    let listener = listen::Listener {
+        pg: pg.clone(),
+        db: config.database.clone(),
+        fold_interval: (config.fold_interval_ms > 0)
+            .then(|| Duration::from_millis(config.fold_interval_ms)),
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        status: status_tx,
+    };
+    let state = Arc::new(http::Shared {
+        auth: auth::Auth::new(&config.auth),
+        connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+        db: db::ApiDb::new(pg),
+        hub,
+        metrics,
+        status: status_rx,
+        shutdown,
+        config,
+    });
+    Ok((state, listener))
+}
+
+/// Serves until `shutdown` resolves, then closes every connection gracefully.
+///
+/// Refuses to start on a non-loopback address when no tokens are configured (checked
+/// on the address actually bound, whatever `config.listen` says).
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr()?;
+    config::check_bind_allowed(addr, config.auth_enabled()).map_err(ServeError::Config)?;
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let max_connections = config.limits.max_connections;
+    let (trigger, flag) = shutdown::channel();
+    let (state, supervisor) = state(config, flag.clone())?;
+    tracing::info!(
+        %addr,
+        auth = state.auth.enabled(),
+        fold_interval_ms = state.config.fold_interval_ms,
+        "notifier listening"
+    );
+    let listen_task = tokio::spawn(supervisor.run(flag.clone()));
+    // The caller's future only fires the flag; everything else watches the flag.
+    let watcher = tokio::spawn(async move {
+        shutdown.await;
+        trigger.fire();
+        // Keep the sender alive until serve returns, so waiters see `true`, not a drop.
+        std::future::pending::<()>().await;
+    });
+    let mut graceful = flag.clone();
+    let result = axum::serve(listener, http::app(state.clone()))
+        .with_graceful_shutdown(async move { graceful.wait().await })
+        .await;
+    // axum stops waiting for a connection once it is upgraded to a WebSocket; those
+    // hold a connection permit until their close handshake is done.
+    let open = shutdown::drain(&state.connections, max_connections, grace).await;
+    if open > 0 {
+        tracing::warn!(open, "shutdown grace period over; dropping open connections");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), listen_task).await;
+    watcher.abort();
+    tracing::info!("notifier stopped");
+    result.map_err(ServeError::Io)
+}

@@ -1,0 +1,98 @@
+//! `notifier serve`: flags and logging; everything else is in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use notifier::config::{Config, Overrides};
+
+#[derive(Parser)]
+#[command(version, about = "pg_kpi notifier: live KPIs over WebSocket, SSE and JSON")]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "KPI_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve WebSocket, SSE and the JSON API. Settings: defaults < --config file <
+    /// KPI_* and DATABASE_URL environment variables < these flags. Log levels come
+    /// from RUST_LOG (default info).
+    Serve {
+        /// TOML config file (see notifier.example.toml).
+        #[arg(long, env = "KPI_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address to listen on, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Postgres connection string or URL.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Print the effective configuration (secrets hidden) and exit.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            database_url,
+            check,
+        } => {
+            let flags = Overrides {
+                listen,
+                database_url,
+            };
+            let config = match Config::load(config.as_deref(), std::env::vars(), &flags) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if check {
+                println!("{config:#?}");
+                return ExitCode::SUCCESS;
+            }
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let result = runtime.block_on(async {
+                let listener = tokio::net::TcpListener::bind(config.listen).await?;
+                notifier::serve(listener, config, notifier::shutdown::signal()).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

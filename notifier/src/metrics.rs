@@ -1,0 +1,262 @@
+//! Prometheus metrics, rendered by hand in the text exposition format.
+//!
+//! Counters on the hot path (messages sent, skipped updates, latency) are atomics;
+//! rare, labelled events (errors, closes, refusals) go through a small mutex-guarded
+//! map. Everything lives in one struct owned by the server state, so two servers in
+//! one process (as in tests) never share counters.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Ws = 0,
+    Sse = 1,
+}
+
+impl Transport {
+    fn label(i: usize) -> &'static str {
+        ["ws", "sse"][i]
+    }
+}
+
+/// Upper bounds (seconds) of the notify-to-send histogram buckets.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A fixed-bucket histogram of durations.
+#[derive(Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        // Buckets are cumulative when rendered; store each sample in its first bucket.
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| s <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros().min(u64::MAX as u128) as u64, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+}
+
+/// A counter with one label, for low-rate events.
+#[derive(Default)]
+pub struct CounterVec(Mutex<BTreeMap<String, u64>>);
+
+impl CounterVec {
+    pub fn inc(&self, label: &str) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(label.to_string()).or_default() += 1;
+    }
+
+    pub fn get(&self, label: &str) -> u64 {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(label).copied().unwrap_or(0)
+    }
+
+    fn snapshot(&self) -> Vec<(String, u64)> {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+/// Every metric the notifier exports.
+#[derive(Default)]
+pub struct Metrics {
+    connections: [AtomicI64; 2],
+    connections_total: [AtomicU64; 2],
+    messages_sent: [AtomicU64; 2],
+    updates_dropped: [AtomicU64; 2],
+    pub notify_to_send: Histogram,
+    pub listen_reconnects: AtomicU64,
+    pub listen_connected: AtomicI64,
+    pub notifications: AtomicU64,
+    pub notify_payload_errors: AtomicU64,
+    pub full_reloads: AtomicU64,
+    pub snapshots_published: AtomicU64,
+    pub fold_runs: AtomicU64,
+    pub fold_errors: AtomicU64,
+    /// `{"type":"error"}` messages sent to WebSocket clients, by code.
+    pub client_errors: CounterVec,
+    /// WebSocket closes initiated by the server, by close code.
+    pub ws_closes: CounterVec,
+    /// Connections refused before they started streaming, by reason.
+    pub rejected: CounterVec,
+    /// HTTP error responses, by error code.
+    pub http_errors: CounterVec,
+}
+
+/// Gauges that are read from elsewhere at render time.
+pub struct Gauges {
+    pub ready: bool,
+    pub kpis: usize,
+}
+
+impl Metrics {
+    pub fn connection_opened(&self, t: Transport) {
+        self.connections[t as usize].fetch_add(1, Relaxed);
+        self.connections_total[t as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn connection_closed(&self, t: Transport) {
+        self.connections[t as usize].fetch_sub(1, Relaxed);
+    }
+
+    pub fn connections(&self, t: Transport) -> i64 {
+        self.connections[t as usize].load(Relaxed)
+    }
+
+    pub fn message_sent(&self, t: Transport) {
+        self.messages_sent[t as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn messages_sent(&self, t: Transport) -> u64 {
+        self.messages_sent[t as usize].load(Relaxed)
+    }
+
+    /// Versions a client skipped because it was not ready when they were published.
+    pub fn updates_dropped(&self, t: Transport, n: u64) {
+        if n > 0 {
+            self.updates_dropped[t as usize].fetch_add(n, Relaxed);
+        }
+    }
+
+    pub fn dropped(&self, t: Transport) -> u64 {
+        self.updates_dropped[t as usize].load(Relaxed)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let p = "kpi_notifier";
+        header(&mut out, p, "connections", "gauge", "Open streaming connections.");
+        for (i, c) in self.connections.iter().enumerate() {
+            let _ = writeln!(out, "{p}_connections{{transport=\"{}\"}} {}", Transport::label(i), c.load(Relaxed));
+        }
+        header(&mut out, p, "connections_total", "counter", "Streaming connections accepted.");
+        for (i, c) in self.connections_total.iter().enumerate() {
+            let _ = writeln!(out, "{p}_connections_total{{transport=\"{}\"}} {}", Transport::label(i), c.load(Relaxed));
+        }
+        header(&mut out, p, "messages_sent_total", "counter", "Messages written to clients.");
+        for (i, c) in self.messages_sent.iter().enumerate() {
+            let _ = writeln!(out, "{p}_messages_sent_total{{transport=\"{}\"}} {}", Transport::label(i), c.load(Relaxed));
+        }
+        header(
+            &mut out,
+            p,
+            "updates_dropped_total",
+            "counter",
+            "KPI versions a slow client skipped (it got the latest instead).",
+        );
+        for (i, c) in self.updates_dropped.iter().enumerate() {
+            let _ = writeln!(out, "{p}_updates_dropped_total{{transport=\"{}\"}} {}", Transport::label(i), c.load(Relaxed));
+        }
+        header(
+            &mut out,
+            p,
+            "notify_to_send_seconds",
+            "histogram",
+            "Time from receiving a NOTIFY to writing the resulting update to a client.",
+        );
+        let mut cumulative = 0;
+        for (bound, n) in LATENCY_BUCKETS.iter().zip(&self.notify_to_send.buckets) {
+            cumulative += n.load(Relaxed);
+            let _ = writeln!(out, "{p}_notify_to_send_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.notify_to_send.count.load(Relaxed);
+        let _ = writeln!(out, "{p}_notify_to_send_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.notify_to_send.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{p}_notify_to_send_seconds_sum {sum}");
+        let _ = writeln!(out, "{p}_notify_to_send_seconds_count {count}");
+
+        let simple: [(&str, &str, &str, i64); 10] = [
+            ("listen_reconnects_total", "counter", "LISTEN connection losses followed by a reconnect attempt.", self.listen_reconnects.load(Relaxed) as i64),
+            ("listen_connected", "gauge", "1 while the LISTEN connection is up.", self.listen_connected.load(Relaxed)),
+            ("ready", "gauge", "1 when connected and every KPI is loaded.", g.ready as i64),
+            ("kpis", "gauge", "KPIs known to the notifier.", g.kpis as i64),
+            ("notifications_total", "counter", "NOTIFY messages received on kpi_changes.", self.notifications.load(Relaxed) as i64),
+            ("notify_payload_errors_total", "counter", "NOTIFY payloads that could not be parsed (a full reload follows).", self.notify_payload_errors.load(Relaxed) as i64),
+            ("full_reloads_total", "counter", "Reloads of every KPI (connect, reconnect, overflow).", self.full_reloads.load(Relaxed) as i64),
+            ("snapshots_published_total", "counter", "New KPI versions published to subscribers.", self.snapshots_published.load(Relaxed) as i64),
+            ("fold_runs_total", "counter", "kpi.fold() calls made by the fold timer.", self.fold_runs.load(Relaxed) as i64),
+            ("fold_errors_total", "counter", "kpi.fold() calls that failed.", self.fold_errors.load(Relaxed) as i64),
+        ];
+        for (name, kind, help, v) in simple {
+            header(&mut out, p, name, kind, help);
+            let _ = writeln!(out, "{p}_{name} {v}");
+        }
+        let vecs: [(&str, &str, &str, &CounterVec); 4] = [
+            ("client_errors_total", "code", "Protocol errors reported to WebSocket clients.", &self.client_errors),
+            ("ws_closes_total", "code", "WebSocket connections closed by the server, by close code.", &self.ws_closes),
+            ("rejected_total", "reason", "Connections or requests refused before streaming.", &self.rejected),
+            ("http_errors_total", "code", "HTTP error responses.", &self.http_errors),
+        ];
+        for (name, label, help, vec) in vecs {
+            header(&mut out, p, name, "counter", help);
+            for (value, n) in vec.snapshot() {
+                let _ = writeln!(out, "{p}_{name}{{{label}=\"{}\"}} {n}", escape(&value));
+            }
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, prefix: &str, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {prefix}_{name} {help}");
+    let _ = writeln!(out, "# TYPE {prefix}_{name} {kind}");
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_a_cumulative_histogram() {
+        let m = Metrics::default();
+        m.connection_opened(Transport::Ws);
+        m.message_sent(Transport::Ws);
+        m.updates_dropped(Transport::Sse, 3);
+        m.notify_to_send.observe(Duration::from_micros(300));
+        m.notify_to_send.observe(Duration::from_millis(20));
+        m.client_errors.inc("bad_since");
+        m.ws_closes.inc("4002");
+        let text = m.render(&Gauges { ready: true, kpis: 2 });
+        for line in [
+            "kpi_notifier_connections{transport=\"ws\"} 1",
+            "kpi_notifier_messages_sent_total{transport=\"ws\"} 1",
+            "kpi_notifier_updates_dropped_total{transport=\"sse\"} 3",
+            "kpi_notifier_notify_to_send_seconds_bucket{le=\"0.0005\"} 1",
+            "kpi_notifier_notify_to_send_seconds_bucket{le=\"0.01\"} 1",
+            "kpi_notifier_notify_to_send_seconds_bucket{le=\"0.025\"} 2",
+            "kpi_notifier_notify_to_send_seconds_bucket{le=\"+Inf\"} 2",
+            "kpi_notifier_notify_to_send_seconds_count 2",
+            "kpi_notifier_ready 1",
+            "kpi_notifier_kpis 2",
+            "kpi_notifier_client_errors_total{code=\"bad_since\"} 1",
+            "kpi_notifier_ws_closes_total{code=\"4002\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! `GET /ws`: the WebSocket protocol (see `protocol` for the messages).
+//!
+//! One task per connection runs a `select!` over: client frames, the connection's
+//! subscriptions (a `StreamMap` of per-KPI watch receivers), a ping timer, token expiry
+//! and shutdown. Sends are awaited with a timeout: a client that cannot take a frame
+//! within `limits.send_timeout_ms` is closed as too slow (4002), and while it is slow its
+//! subscriptions only remember the newest value, so it costs no memory.
+//!
+//! The session is generic over any `Sink`/`Stream` of messages so unit tests can drive
+//! it without a socket.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures::stream::{BoxStream, StreamExt};
+use futures::{Sink, SinkExt, Stream};
+use serde::Deserialize;
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::StreamMap;
+
+use crate::auth::Principal;
+use crate::config::valid_kpi_name;
+use crate::error::ApiError;
+use crate::http::{AppState, ConnectionGuard};
+use crate::hub::Snapshot;
+use crate::metrics::Transport;
+use crate::protocol::{self, close, parse_client, ClientMsg, ErrorCode, ParseError};
+
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+/// Upgrades the request. Auth failures still upgrade and then close with 4001, because
+/// a browser's WebSocket API cannot see an HTTP status, only a close code.
+pub async fn handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let ws = ws.map_err(|e| ApiError::bad_request("not_websocket", e.body_text()))?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
+    let guard = ConnectionGuard::acquire(&state, Transport::Ws)?;
+    let auth = state.auth.authenticate(&headers, query.token.as_deref());
+    let limit = state.config.limits.max_message_bytes;
+    Ok(ws
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
+        .on_upgrade(move |socket: WebSocket| async move {
+            let (sink, stream) = socket.split();
+            match auth {
+                Ok(principal) => Session::new(state, principal).run(sink, stream).await,
+                Err(e) => {
+                    state.metrics.rejected.inc(e.reason());
+                    tracing::info!(reason = e.reason(), error = %e, "WebSocket refused: unauthorized");
+                    let mut sink = sink;
+                    close_with(&state, &mut sink, close::UNAUTHORIZED, &e.to_string()).await;
+                }
+            }
+            drop(guard);
+        }))
+}
+
+/// How a session ends.
+enum End {
+    /// The client closed or vanished: nothing more to send.
+    Gone,
+    /// The server closes with this code and reason.
+    Close(u16, String),
+}
+
+type Sub = BoxStream<'static, Option<Arc<Snapshot>>>;
+
+/// What the session knows about one subscribed KPI.
+struct SubState {
+    /// Versions at or below this are not sent (what the client has, or said it has).
+    floor: i64,
+    /// The version and publish counter of the last value seen from the hub.
+    hub_version: i64,
+    hub_seq: u64,
+}
+
+/// A token bucket: `rate` messages per second, bursts up to `burst`.
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let refill = now.duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub struct Session {
+    state: AppState,
+    principal: Principal,
+    subs: StreamMap<String, Sub>,
+    known: HashMap<String, SubState>,
+    bucket: Bucket,
+    /// Messages dropped by the rate limit since the last accepted one.
+    strikes: u32,
+}
+
+impl Session {
+    pub fn new(state: AppState, principal: Principal) -> Session {
+        let limits = &state.config.limits;
+        let bucket = Bucket {
+            tokens: limits.burst as f64,
+            rate: limits.messages_per_second as f64,
+            burst: limits.burst as f64,
+            at: Instant::now(),
+        };
+        Session {
+            state,
+            principal,
+            subs: StreamMap::new(),
+            known: HashMap::new(),
+            bucket,
+            strikes: 0,
+        }
+    }
+
+    /// Runs the session until the client leaves or the server closes it.
+    pub async fn run<S, R, E>(mut self, mut sink: S, mut stream: R)
+    where
+        S: Sink<Message> + Unpin,
+        S::Error: Display,
+        R: Stream<Item = Result<Message, E>> + Unpin,
+        E: Display,
+    {
+        let state = self.state.clone();
+        state.metrics.connection_opened(Transport::Ws);
+        let _open = OpenGuard(state.clone());
+        tracing::debug!(principal = %self.principal.name, "WebSocket connected");
+        let cfg = &state.config;
+        let ping_every = Duration::from_millis(cfg.ws.ping_interval_ms);
+        let idle_timeout = Duration::from_millis(cfg.ws.idle_timeout_ms);
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let mut last_heard = Instant::now();
+        let expiry = token_expiry(self.principal.expires_at);
+        tokio::pin!(expiry);
+        let mut shutdown = state.shutdown.clone();
+
+        let end = loop {
+            tokio::select! {
+                _ = shutdown.wait() => break End::Close(close::GOING_AWAY, "server shutting down".into()),
+                _ = &mut expiry => break End::Close(close::UNAUTHORIZED, "token expired".into()),
+                frame = stream.next() => {
+                    last_heard = Instant::now();
+                    match frame {
+                        None | Some(Ok(Message::Close(_))) => break End::Gone,
+                        Some(Ok(Message::Text(text))) => {
+                            if let Err(end) = self.on_text(text.as_str(), &mut sink).await {
+                                break end;
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            break End::Close(close::UNSUPPORTED_DATA, "binary frames are not supported; send JSON text".into())
+                        }
+                        // tungstenite answers pings itself; any frame proves the client reads.
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Err(e)) => break read_error(&e.to_string(), state.config.limits.max_message_bytes),
+                    }
+                }
+                Some((kpi, item)) = self.subs.next() => {
+                    if let Err(end) = self.on_value(&kpi, item, &mut sink).await {
+                        break end;
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > idle_timeout {
+                        break End::Close(close::TOO_SLOW, format!("nothing received for {} ms (ping unanswered)", idle_timeout.as_millis()));
+                    }
+                    if let Err(end) = self.send(&mut sink, Message::Ping(Default::default())).await {
+                        break end;
+                    }
+                }
+            }
+        };
+        match end {
+            End::Gone => tracing::debug!(principal = %self.principal.name, "WebSocket closed by client"),
+            End::Close(code, reason) => {
+                let level_info = code != close::GOING_AWAY;
+                if level_info {
+                    tracing::info!(principal = %self.principal.name, code, %reason, "closing WebSocket");
+                }
+                close_with(&state, &mut sink, code, &reason).await;
+            }
+        }
+    }
+
+    /// Handles one text frame from the client.
+    async fn on_text<S>(&mut self, text: &str, sink: &mut S) -> Result<(), End>
+    where
+        S: Sink<Message> + Unpin,
+        S::Error: Display,
+    {
+        if !self.bucket.take() {
+            self.strikes += 1;
+            if self.strikes == 1 {
+                let msg = format!(
+                    "more than {} messages per second; messages are dropped until you slow down",
+                    self.state.config.limits.messages_per_second
+                );
+                self.error(sink, ErrorCode::RateLimited, &msg, None).await?;
+            }
+            // Still flooding after being told: a second's worth of dropped messages.
+            if self.strikes > self.state.config.limits.messages_per_second {
+                return Err(End::Close(close::RATE_LIMITED, "rate limit exceeded".into()));
+            }
+            return Ok(());
+        }
+        self.strikes = 0;
+        match parse_client(text) {
+            Err(ParseError::NotJson(e)) => {
+                self.error(sink, ErrorCode::BadMessage, &format!("not JSON: {e}"), None)
+                    .await?;
+                Err(End::Close(close::BAD_MESSAGE, "message is not JSON".into()))
+            }
+            Err(ParseError::Refused { code, message }) => {
+                self.error(sink, code, &message, None).await
+            }
+            Ok(ClientMsg::Ping) => self.send(sink, Message::Text(protocol::PONG.into())).await,
+            Ok(ClientMsg::Unsubscribe { kpis }) => {
+                for kpi in kpis {
+                    self.subs.remove(&kpi);
+                    self.known.remove(&kpi);
+                }
+                Ok(())
+            }
+            Ok(ClientMsg::Subscribe { kpis, since }) => self.subscribe(sink, kpis, since).await,
+        }
+    }
+
+    async fn subscribe<S>(
+        &mut self,
+        sink: &mut S,
+        kpis: Vec<String>,
+        since: HashMap<String, i64>,
+    ) -> Result<(), End>
+    where
+        S: Sink<Message> + Unpin,
+        S::Error: Display,
+    {
+        let hub = self.state.hub.clone();
+        if !hub.is_loaded() {
+            let msg = "the notifier has not loaded the KPIs from the database yet; retry shortly";
+            return self.error(sink, ErrorCode::NotReady, msg, None).await;
+        }
+        let max = self.state.config.limits.max_subscriptions;
+        for kpi in kpis {
+            let shown = protocol::truncate(&kpi, 64).to_string();
+            // Scope first, so a scoped token cannot probe which KPIs exist.
+            if !self.principal.scope.allows(&kpi) {
+                let msg = format!("token may not read KPI {shown:?}");
+                self.error(sink, ErrorCode::Forbidden, &msg, Some(&shown)).await?;
+                continue;
+            }
+            let rx = match valid_kpi_name(&kpi).then(|| hub.subscribe(&kpi)).flatten() {
+                Some(rx) => rx,
+                None => {
+                    let msg = format!("unknown KPI {shown:?}");
+                    self.error(sink, ErrorCode::UnknownKpi, &msg, Some(&shown)).await?;
+                    continue;
+                }
+            };
+            if !self.known.contains_key(&kpi) && self.known.len() >= max {
+                let msg = format!("at most {max} subscriptions per connection");
+                self.error(sink, ErrorCode::TooManySubscriptions, &msg, Some(&shown))
+                    .await?;
+                continue;
+            }
+            let current = rx.borrow().clone();
+            let since = since.get(&kpi).copied();
+            // A client that already has this version (or a newer one, from a replica
+            // that is ahead) gets nothing until the KPI changes.
+            let send = since.is_none_or(|s| current.version > s);
+            self.known.insert(
+                kpi.clone(),
+                SubState {
+                    floor: if send {
+                        current.version
+                    } else {
+                        since.unwrap_or(current.version)
+                    },
+                    hub_version: current.version,
+                    hub_seq: current.seq,
+                },
+            );
+            let stream: Sub = WatchStream::from_changes(rx)
+                .map(Some)
+                .chain(futures::stream::once(async { None }))
+                .boxed();
+            self.subs.insert(kpi, stream);
+            if send {
+                self.send(sink, Message::Text(current.snapshot_frame.clone()))
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A new value (or the end) of a subscribed KPI.
+    async fn on_value<S>(
+        &mut self,
+        kpi: &str,
+        item: Option<Arc<Snapshot>>,
+        sink: &mut S,
+    ) -> Result<(), End>
+    where
+        S: Sink<Message> + Unpin,
+        S::Error: Display,
+    {
+        let Some(snap) = item else {
+            // The hub dropped the KPI (dropped in the database).
+            self.known.remove(kpi);
+            let msg = format!("KPI {kpi:?} was dropped");
+            return self.error(sink, ErrorCode::UnknownKpi, &msg, Some(kpi)).await;
+        };
+        let Some(sub) = self.known.get_mut(kpi) else {
+            return Ok(());
+        };
+        let metrics = &self.state.metrics;
+        metrics.updates_dropped(Transport::Ws, snap.seq.saturating_sub(sub.hub_seq + 1));
+        let recreated = snap.version < sub.hub_version;
+        sub.hub_version = snap.version;
+        sub.hub_seq = snap.seq;
+        let frame = if recreated {
+            // The KPI was dropped and re-created: its versions started over.
+            snap.snapshot_frame.clone()
+        } else if snap.version > sub.floor {
+            snap.update_frame.clone()
+        } else {
+            return Ok(());
+        };
+        sub.floor = snap.version;
+        self.send(sink, Message::Text(frame)).await?;
+        if let Some(at) = snap.notified_at {
+            self.state.metrics.notify_to_send.observe(at.elapsed());
+        }
+        Ok(())
+    }
+
+    // `&mut self`, not `&self`: a shared borrow held across an await would require the
+    // session (and its boxed subscription streams) to be `Sync`.
+    async fn error<S>(
+        &mut self,
+        sink: &mut S,
+        code: ErrorCode,
+        message: &str,
+        kpi: Option<&str>,
+    ) -> Result<(), End>
+    where
+        S: Sink<Message> + Unpin,
+        S::Error: Display,
+    {
+        self.state.metrics.client_errors.inc(code.as_str());
+        tracing::info!(principal = %self.principal.name, code = code.as_str(), %message, "WebSocket client error");
+        let frame = protocol::error_frame(code, message, kpi);
+        self.send(sink, Message::Text(frame.into())).await
+    }
+
+    /// Sends one frame, closing the session if the client cannot take it in time.
+    async fn send<S>(&mut self, sink: &mut S, msg: Message) -> Result<(), End>
+    where
+        S: Sink<Message> + Unpin,
+        S::Error: Display,
+    {
+        let timeout = Duration::from_millis(self.state.config.limits.send_timeout_ms);
+        let counts = !matches!(msg, Message::Ping(_));
+        match tokio::time::timeout(timeout, sink.send(msg)).await {
+            Ok(Ok(())) => {
+                if counts {
+                    self.state.metrics.message_sent(Transport::Ws);
+                }
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "WebSocket send failed; client gone");
+                Err(End::Gone)
+            }
+            Err(_) => Err(End::Close(
+                close::TOO_SLOW,
+                format!("client did not read a message within {} ms", timeout.as_millis()),
+            )),
+        }
+    }
+}
+
+/// Maps a read error to how the session ends.
+fn read_error(e: &str, limit: usize) -> End {
+    // tungstenite reports an oversized message as a capacity error ("Space limit
+    // exceeded: Message too long"); axum only exposes it as text.
+    if e.contains("Space limit exceeded") || e.contains("too long") || e.contains("too big") {
+        End::Close(
+            close::TOO_BIG,
+            format!("message larger than {limit} bytes"),
+        )
+    } else {
+        tracing::debug!(error = %e, "WebSocket read failed");
+        End::Gone
+    }
+}
+
+/// Sends a close frame, best effort: a client that stopped reading will not take it,
+/// so the attempt is bounded and the socket is dropped afterwards anyway.
+async fn close_with<S>(state: &AppState, sink: &mut S, code: u16, reason: &str)
+where
+    S: Sink<Message> + Unpin,
+{
+    state.metrics.ws_closes.inc(&code.to_string());
+    let frame = CloseFrame {
+        code,
+        // Close reasons are limited to 123 bytes by the protocol.
+        reason: protocol::truncate(reason, 120).into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+/// Resolves when the principal's token expires (never for static keys).
+pub(crate) async fn token_expiry(expires_at: Option<i64>) {
+    match expires_at {
+        Some(exp) => {
+            let left = exp - chrono::Utc::now().timestamp();
+            tokio::time::sleep(Duration::from_secs(left.max(0) as u64)).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Keeps the open-connections gauge right however the session ends.
+struct OpenGuard(AppState);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.metrics.connection_closed(Transport::Ws);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;

@@ -1,0 +1,217 @@
+//! `kpi.create`: validate a definition completely, then create its objects, triggers
+//! and backfill in the caller's transaction, so a failure leaves nothing behind.
+
+use crate::catalog::Kpi;
+use crate::errors::{KpiError, KpiResult, OrRaise};
+use crate::expr::{analyze, type_name, Want};
+use crate::measures::{self, Measure};
+use crate::privileges::{as_extension_owner, check_can_define, current_user};
+use crate::{ddl, names, triggers};
+use pgrx::datum::Interval;
+use pgrx::prelude::*;
+use pgrx::spi::quote_identifier;
+
+const USECS_PER_DAY: i64 = 86_400_000_000;
+
+fn interval_us(i: &Interval) -> (i32, i64) {
+    (i.months(), i64::from(i.days()) * USECS_PER_DAY + i.micros())
+}
+
+#[allow(clippy::too_many_arguments)]
+#[pg_extern(name = "_create", volatile, parallel_unsafe)]
+fn create(
+    name: &str,
+    source: pg_sys::Oid,
+    time_column: &str,
+    measures: &str,
+    dimensions: Vec<String>,
+    filter: Option<&str>,
+    bucket: Interval,
+    retention: Option<Interval>,
+    backfill: bool,
+) -> i32 {
+    create_kpi(name, source, time_column, measures, dimensions, filter, bucket, retention, backfill)
+        .or_raise()
+}
+
+struct Validated {
+    time_type: pg_sys::Oid,
+    dimension_types: Vec<String>,
+    filter: Option<String>,
+    measures: Vec<Measure>,
+}
+
+fn validate(
+    source: pg_sys::Oid,
+    source_name: &str,
+    time_column: &str,
+    measures_text: &str,
+    dimensions: &[String],
+    filter: Option<&str>,
+) -> KpiResult<Validated> {
+    let time = analyze(source, &quote_identifier(time_column), Want::Time, "time column")?;
+    let mut dimension_types = Vec::new();
+    for (i, d) in dimensions.iter().enumerate() {
+        if d == "bucket" || d == "_n" || (d.starts_with("_m") && d[2..].starts_with(|c: char| c.is_ascii_digit())) {
+            return Err(KpiError::invalid(
+                format!("\"{d}\" cannot be a dimension"),
+                "\"bucket\", \"_n\" and \"_m<digit>…\" are reserved by pg_kpi; rename the column or use another one.",
+            ));
+        }
+        if dimensions[..i].contains(d) {
+            return Err(KpiError::new(
+                PgSqlErrorCode::ERRCODE_DUPLICATE_COLUMN,
+                format!("dimension \"{d}\" is listed twice"),
+                "List each dimension column once.",
+            ));
+        }
+        let a = analyze(source, &quote_identifier(d), Want::Any, &format!("dimension \"{d}\""))?;
+        dimension_types.push(type_name(a.type_oid));
+    }
+    let filter = match filter.map(str::trim).filter(|f| !f.is_empty()) {
+        Some(f) => Some(analyze(source, f, Want::Boolean, "filter")?.sql),
+        None => None,
+    };
+    let mut measures = Vec::new();
+    for raw in measures::parse(measures_text)? {
+        if dimensions.contains(&raw.name) {
+            return Err(KpiError::new(
+                PgSqlErrorCode::ERRCODE_DUPLICATE_COLUMN,
+                format!("measure \"{}\" has the name of a dimension", raw.name),
+                "Measures and dimensions are columns of the same view; give them distinct names.",
+            ));
+        }
+        let expr = match &raw.arg {
+            Some(arg) => {
+                let want = if raw.kind.numeric_arg() { Want::Numeric } else { Want::Any };
+                Some(analyze(source, arg, want, &format!("measure \"{}\"", raw.name))?.sql)
+            }
+            None => None,
+        };
+        measures.push(Measure { name: raw.name, kind: raw.kind, expr });
+    }
+    let _ = source_name;
+    Ok(Validated { time_type: time.type_oid, dimension_types, filter, measures })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn create_kpi(
+    name: &str,
+    source: pg_sys::Oid,
+    time_column: &str,
+    measures_text: &str,
+    dimensions: Vec<String>,
+    filter: Option<&str>,
+    bucket: Interval,
+    retention: Option<Interval>,
+    backfill: bool,
+) -> KpiResult<i32> {
+    names::check("KPI", name)?;
+    let dimensions: Vec<String> = dimensions.into_iter().map(|d| d.trim().to_string()).collect();
+    let (months, bucket_us) = interval_us(&bucket);
+    if months != 0 || bucket_us <= 0 {
+        return Err(KpiError::invalid(
+            format!("invalid bucket width {bucket}"),
+            "The bucket must be a positive fixed-width interval such as '1 minute', '1 hour' or '1 day' (months vary in length and are not allowed).",
+        ));
+    }
+    if let Some(r) = &retention {
+        let (m, us) = interval_us(r);
+        let approx = i64::from(m) * 30 * USECS_PER_DAY + us;
+        if approx < bucket_us {
+            return Err(KpiError::invalid(
+                format!("retention {r} is shorter than the bucket {bucket}"),
+                "Keep at least one bucket, or pass retention => NULL to keep everything.",
+            ));
+        }
+    }
+    let relkind = Spi::get_one_with_args::<i8>(
+        "SELECT relkind::\"char\" FROM pg_catalog.pg_class WHERE oid = $1",
+        &[source.into()],
+    )?;
+    let source_name = crate::expr::relation_name(source);
+    match relkind.map(|k| k as u8) {
+        Some(b'r') | Some(b'p') => {}
+        _ => {
+            return Err(KpiError::new(
+                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+                format!("\"{source_name}\" is not a table"),
+                "A KPI's source must be a table or a partitioned table.",
+            ))
+        }
+    }
+    check_can_define(source, &source_name)?;
+    let v = validate(source, &source_name, time_column, measures_text, &dimensions, filter)?;
+
+    // Block writers for the rest of the transaction: the backfill must see exactly the
+    // rows committed before the trigger exists, no more, no less.
+    let lock_target = Spi::get_one_with_args::<String>(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+        &[source.into()],
+    )?
+    .unwrap_or_default();
+    Spi::run(&format!("LOCK TABLE {lock_target} IN SHARE ROW EXCLUSIVE MODE"))?;
+
+    let owner = current_user();
+    let id = as_extension_owner(|| -> KpiResult<i32> {
+        let exists = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM kpi.definitions WHERE name = $1)",
+            &[name.into()],
+        )?;
+        let view_taken = Spi::get_one_with_args::<bool>(
+            "SELECT to_regclass(format('kpi.%I', $1::text)) IS NOT NULL",
+            &[name.into()],
+        )?;
+        if exists == Some(true) || view_taken == Some(true) {
+            return Err(KpiError::new(
+                PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+                format!("KPI \"{name}\" already exists"),
+                "Pick another name, or drop the existing KPI first with kpi.drop(name).",
+            ));
+        }
+        let measures_json = serde_json::to_string(&v.measures)
+            .map_err(|e| KpiError::internal(format!("serialize measures: {e}")))?;
+        let id = Spi::get_one_with_args::<i32>(
+            "INSERT INTO kpi.definitions
+                 (name, source, time_column, time_type, measures, dimensions, dimension_types,
+                  filter, bucket, retention, owner, version)
+             VALUES ($1, $2::oid::regclass, $3, $4::oid::regtype, $5::jsonb, $6,
+                     $7::text[]::regtype[], $8, $9, $10, $11::oid::regrole, 1)
+             RETURNING id",
+            &[
+                name.into(),
+                source.into(),
+                time_column.into(),
+                v.time_type.into(),
+                measures_json.as_str().into(),
+                dimensions.clone().into(),
+                v.dimension_types.clone().into(),
+                v.filter.clone().into(),
+                bucket.into(),
+                retention.into(),
+                owner.into(),
+            ],
+        )?
+        .ok_or_else(|| KpiError::internal("INSERT … RETURNING id returned nothing"))?;
+        let kpi = Kpi::by_name(name)?;
+        Spi::run(&ddl::create_agg_table(&kpi))?;
+        Spi::run(&ddl::create_state_view(&kpi))?;
+        Spi::run(&ddl::create_view(&kpi))?;
+        let role = Spi::get_one_with_args::<String>(
+            "SELECT quote_ident(rolname) FROM pg_catalog.pg_roles WHERE oid = $1",
+            &[owner.into()],
+        )?
+        .unwrap_or_default();
+        Spi::run(&format!("REVOKE ALL ON {} FROM PUBLIC", kpi.view()))?;
+        Spi::run(&format!("GRANT SELECT ON {} TO {role} WITH GRANT OPTION", kpi.view()))?;
+        triggers::install(&kpi)?;
+        if backfill {
+            Spi::run(&ddl::backfill(&kpi))?;
+        }
+        crate::fold::notify_versions(&[(kpi.name.clone(), 1)])?;
+        Ok(id)
+    })?;
+    triggers::invalidate_caches(source)?;
+    Ok(id)
+}

@@ -1,0 +1,40 @@
+//! `kpi.drop`: removes a KPI's view, state, catalog row, and the source's triggers
+//! when no other KPI watches it.
+
+use crate::catalog::Kpi;
+use crate::errors::{KpiError, KpiResult, OrRaise};
+use crate::privileges::{as_extension_owner, current_user};
+use crate::triggers;
+use pgrx::prelude::*;
+
+#[pg_extern(name = "_drop", volatile, parallel_unsafe)]
+fn drop_kpi(name: &str, if_exists: bool) -> bool {
+    drop_by_name(name, if_exists).or_raise()
+}
+
+fn drop_by_name(name: &str, if_exists: bool) -> KpiResult<bool> {
+    let kpi = match as_extension_owner(|| Kpi::by_name(name)) {
+        Ok(k) => k,
+        Err(_) if if_exists => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let allowed = unsafe { pg_sys::superuser() } || kpi.owner == current_user()
+        || unsafe { pg_sys::pg_class_ownercheck(kpi.source, current_user()) };
+    if !allowed {
+        return Err(KpiError::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("must be the owner of KPI \"{name}\" or of its source table to drop it"),
+            "Ask the KPI's owner or a superuser to drop it.",
+        ));
+    }
+    as_extension_owner(|| -> KpiResult<()> {
+        Spi::run(&format!("DROP VIEW IF EXISTS {}", kpi.view()))?;
+        Spi::run(&format!("DROP VIEW IF EXISTS {}", kpi.state_view()))?;
+        Spi::run(&format!("DROP TABLE IF EXISTS {}", kpi.agg_table()))?;
+        Spi::run_with_args("DELETE FROM kpi.definitions WHERE id = $1", &[kpi.id.into()])?;
+        triggers::remove_if_unused(&kpi)?;
+        Ok(())
+    })?;
+    triggers::invalidate_caches(kpi.source)?;
+    Ok(true)
+}

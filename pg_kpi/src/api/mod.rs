@@ -1,0 +1,8 @@
+//! The SQL-facing functions. Public names, defaults and comments are declared in
+//! `src/sql/api.sql`, which wraps these `kpi._…` functions.
+
+mod create;
+mod drop;
+mod fold;
+mod read;
+mod truncate;

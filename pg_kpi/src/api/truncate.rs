@@ -1,0 +1,49 @@
+//! TRUNCATE of a source (or of one of its partitions): rebuild its KPIs from what is
+//! left in the source.
+//!
+//! The source tree is locked against writers first, so no delta of another transaction
+//! can be in flight; the KPI's pending deltas are then stripped and its aggregates
+//! recomputed in one scan (instant when the whole table was truncated).
+
+use crate::catalog::Kpi;
+use crate::errors::{KpiResult, OrRaise};
+use crate::privileges::as_extension_owner;
+use crate::ddl;
+use pgrx::prelude::*;
+
+#[pg_extern(name = "_reset_source", volatile, parallel_unsafe)]
+fn reset_source(rel: pg_sys::Oid) {
+    as_extension_owner(|| reset(rel)).or_raise()
+}
+
+fn reset(rel: pg_sys::Oid) -> KpiResult<()> {
+    let ids: Vec<i32> = Spi::connect(|c| {
+        c.select(
+            "SELECT id FROM kpi.definitions
+              WHERE source::oid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors($1))",
+            None,
+            &[rel.into()],
+        )?
+        .map(|r| r.get::<i32>(1).map(|v| v.unwrap_or_default()))
+        .collect::<Result<Vec<_>, _>>()
+    })?;
+    if ids.is_empty() {
+        return Ok(());
+    }
+    // Deltas this transaction captured before the TRUNCATE describe rows that are gone.
+    crate::capture::flush_pending();
+    crate::fold::lock_folds()?;
+    let mut bumped = Vec::new();
+    for kpi in Kpi::by_ids(&ids)? {
+        Spi::run(&format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", kpi.source_sql))?;
+        Spi::run_with_args(
+            "UPDATE kpi.deltas SET batch = batch - $1 WHERE batch ? $1",
+            &[kpi.id.to_string().into()],
+        )?;
+        Spi::run(&format!("DELETE FROM {}", kpi.agg_table()))?;
+        Spi::run(&ddl::backfill(&kpi))?;
+        bumped.push(kpi.id);
+    }
+    let versions = crate::fold::bump_versions(&bumped)?;
+    crate::fold::notify_versions(&versions)
+}

@@ -1,0 +1,256 @@
+//! Capture: the row trigger that turns every INSERT, UPDATE and DELETE on a source
+//! table into in-memory deltas, and the transaction hooks that flush them.
+//!
+//! The trigger never touches shared rows and never NOTIFYs. Deltas accumulate in
+//! backend memory and are written as a single row of `kpi.deltas` at pre-commit (or
+//! earlier when a huge statement exceeds `pg_kpi.max_pending_groups`), then the fold
+//! worker is woken at commit.
+
+mod accumulator;
+mod cache;
+
+
+use crate::errors::{KpiError, OrRaise};
+use crate::expr::Evaluator;
+use crate::gucs;
+use crate::measures::Kind;
+use crate::privileges::as_extension_owner;
+use accumulator::{Accumulator, Contribution, Key};
+use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+use rust_decimal::Decimal;
+use std::cell::{Cell, RefCell};
+use std::str::FromStr;
+
+thread_local! {
+    static ACC: RefCell<Accumulator> = RefCell::new(Accumulator::default());
+    static FLUSHED: Cell<bool> = const { Cell::new(false) };
+    static HOOKS: Cell<bool> = const { Cell::new(false) };
+    static INSERT_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_pg_kpi_capture() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `kpi._capture()`: AFTER INSERT OR UPDATE OR DELETE … FOR EACH ROW.
+///
+/// # Safety
+/// Called by the Postgres function manager as a trigger.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn pg_kpi_capture(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    unsafe {
+        let context = (*fcinfo).context;
+        if context.is_null() || !pgrx::is_a(context, pg_sys::NodeTag::T_TriggerData) {
+            KpiError::new(
+                PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+                "kpi._capture() must be called as a trigger",
+                "pg_kpi installs this trigger itself; do not call it directly.",
+            )
+            .raise();
+        }
+        let td = context as *mut pg_sys::TriggerData;
+        register_hooks();
+        let relid = (*(*td).tg_relation).rd_id;
+        let table = cache::for_relation(relid).or_raise();
+        let event = (*td).tg_event & pg_sys::TRIGGER_EVENT_OPMASK;
+        match event {
+            pg_sys::TRIGGER_EVENT_INSERT => capture_row(&table, (*td).tg_trigslot, 1),
+            pg_sys::TRIGGER_EVENT_DELETE => capture_row(&table, (*td).tg_trigslot, -1),
+            pg_sys::TRIGGER_EVENT_UPDATE => {
+                capture_row(&table, (*td).tg_trigslot, -1);
+                capture_row(&table, (*td).tg_newslot, 1);
+            }
+            _ => {}
+        }
+        let pending = ACC.with(|a| a.borrow().len());
+        if pending >= gucs::MAX_PENDING_GROUPS.get() as usize {
+            flush(pg_sys::GetCurrentSubTransactionId());
+        }
+        pg_sys::Datum::from(0)
+    }
+}
+
+/// Bucket start, in microseconds since 2000-01-01 UTC, of a time value; `None` for
+/// infinite values (they are not counted, like NULL).
+fn bucket_of(datum: pg_sys::Datum, type_oid: pg_sys::Oid, width_us: i64) -> Option<i64> {
+    let t = if type_oid == pg_sys::DATEOID {
+        let days = datum.value() as i32;
+        if days == i32::MIN || days == i32::MAX {
+            return None;
+        }
+        i64::from(days) * 86_400_000_000
+    } else {
+        let us = datum.value() as i64;
+        if us == i64::MIN || us == i64::MAX {
+            return None;
+        }
+        us
+    };
+    Some(t.div_euclid(width_us) * width_us)
+}
+
+fn to_decimal(text: &str) -> Result<Decimal, KpiError> {
+    Decimal::from_str_exact(text)
+        .or_else(|_| Decimal::from_str(text))
+        .map_err(|_| {
+            KpiError::new(
+                PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+                format!("pg_kpi cannot aggregate the value {text}"),
+                "Values must be finite numbers with at most 28 significant digits; exclude others with the KPI's filter.",
+            )
+        })
+}
+
+/// Evaluates every KPI of the table against one row and accumulates its deltas.
+unsafe fn capture_row(table: &cache::TableKpis, slot: *mut pg_sys::TupleTableSlot, sign: i64) {
+    let ev: &Evaluator = &table.evaluator;
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    for kpi in &table.kpis {
+        let old = unsafe { ev.begin_row(slot) };
+        let result = (|| -> Result<Option<(Key, Vec<Contribution>)>, KpiError> {
+            if let Some(filter) = &kpi.filter {
+                match ev.eval(filter) {
+                    Some(d) if d.value() != 0 => {}
+                    _ => return Ok(None),
+                }
+            }
+            let Some(t) = ev.eval(&kpi.time) else { return Ok(None) };
+            let Some(bucket_us) = bucket_of(t, kpi.time.type_oid, kpi.bucket_us) else {
+                return Ok(None);
+            };
+            let dims = kpi
+                .dims
+                .iter()
+                .map(|d| ev.eval(d).map(|v| ev.output(d, v)))
+                .collect();
+            let mut values = Vec::with_capacity(kpi.measures.len());
+            for (kind, expr) in &kpi.measures {
+                let value = ev.eval_opt(expr.as_ref());
+                values.push(match kind {
+                    Kind::CountStar => Contribution::Rows,
+                    Kind::Count => Contribution::Present(value.is_some()),
+                    _ => match (value, expr) {
+                        (Some(v), Some(e)) => Contribution::Number(Some(to_decimal(&ev.output(e, v))?)),
+                        _ => Contribution::Number(None),
+                    },
+                });
+            }
+            Ok(Some((Key { kpi: kpi.id, bucket_us, dims, subxact }, values)))
+        })();
+        unsafe { ev.end_row(old) };
+        match result {
+            Ok(Some((key, values))) => ACC.with(|a| {
+                a.borrow_mut()
+                    .apply(key, &kpi.template, sign, &values)
+                    .map_err(|m| {
+                        KpiError::new(
+                            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+                            m,
+                            "Split the statement into smaller ones.",
+                        )
+                    })
+                    .or_raise()
+            }),
+            Ok(None) => {}
+            Err(e) => e.raise(),
+        }
+    }
+}
+
+impl Evaluator {
+    fn eval_opt(&self, expr: Option<&crate::expr::Compiled>) -> Option<pg_sys::Datum> {
+        expr.and_then(|e| self.eval(e))
+    }
+}
+
+/// Writes the deltas of subtransactions ≥ `min_subxact` as one row of `kpi.deltas`.
+fn flush(min_subxact: u32) {
+    let Some(batch) = ACC.with(|a| a.borrow_mut().take_batch(min_subxact)) else {
+        return;
+    };
+    as_extension_owner(|| {
+        Spi::connect_mut(|client| {
+            let plan = INSERT_PLAN.with(|p| -> Result<(), pgrx::spi::SpiError> {
+                if p.borrow().is_none() {
+                    let prepared = client
+                        .prepare_mut(
+                            "INSERT INTO kpi.deltas(batch) VALUES ($1::jsonb)",
+                            &[PgOid::BuiltIn(PgBuiltInOids::TEXTOID)],
+                        )?
+                        .keep();
+                    *p.borrow_mut() = Some(prepared);
+                }
+                Ok(())
+            });
+            plan.map_err(KpiError::from).or_raise();
+            INSERT_PLAN.with(|p| {
+                let guard = p.borrow();
+                if let Some(plan) = guard.as_ref() {
+                    client
+                        .update(plan, None, &[batch.as_str().into()])
+                        .map_err(KpiError::from)
+                        .or_raise();
+                }
+            });
+        })
+    });
+    FLUSHED.with(|f| f.set(true));
+}
+
+fn register_hooks() {
+    if HOOKS.with(|h| h.replace(true)) {
+        return;
+    }
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => {
+            if !ACC.with(|a| a.borrow().is_empty()) {
+                // SPI at pre-commit needs an active snapshot of its own.
+                unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+                flush(0);
+                unsafe { pg_sys::PopActiveSnapshot() };
+            }
+        }
+        XACT_EVENT_COMMIT | XACT_EVENT_PREPARE => {
+            if FLUSHED.with(|f| f.replace(false)) {
+                crate::wake::wake_fold_worker();
+            }
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+            ACC.with(|a| a.borrow_mut().clear());
+            FLUSHED.with(|f| f.set(false));
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB {
+        ACC.with(|a| a.borrow_mut().abort_subxact(my_subid));
+    }
+}
+
+/// Writes everything captured so far into `kpi.deltas` now (used before a TRUNCATE
+/// rebuild, which then strips those deltas along with the older ones).
+pub fn flush_pending() {
+    flush(0);
+}

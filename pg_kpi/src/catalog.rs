@@ -1,0 +1,196 @@
+//! The catalog: a KPI's definition as stored in `kpi.definitions`, and the names and
+//! SQL fragments derived from it.
+
+use crate::errors::{KpiError, KpiResult};
+use crate::measures::Measure;
+use pgrx::prelude::*;
+use pgrx::spi::quote_identifier;
+
+#[derive(Clone, Debug)]
+pub struct Kpi {
+    pub id: i32,
+    pub name: String,
+    pub source: pg_sys::Oid,
+    /// Schema-qualified, quoted source name, valid whatever the search_path.
+    pub source_sql: String,
+    pub partitioned: bool,
+    pub time_column: String,
+    pub time_type: pg_sys::Oid,
+    pub measures: Vec<Measure>,
+    pub dimensions: Vec<String>,
+    pub dimension_types: Vec<String>,
+    pub filter: Option<String>,
+    pub bucket: String,
+    pub bucket_us: i64,
+    pub retention: Option<String>,
+    pub owner: pg_sys::Oid,
+    pub version: i64,
+}
+
+const SELECT: &str = "
+SELECT d.id, d.name, d.source::oid, format('%I.%I', n.nspname, c.relname), c.relkind = 'p',
+       d.time_column, d.time_type::oid, d.measures::text, d.dimensions,
+       d.dimension_types::text[], d.filter, d.bucket::text,
+       (extract(epoch FROM d.bucket) * 1000000)::bigint, d.retention::text, d.owner::oid, d.version
+  FROM kpi.definitions d
+  JOIN pg_catalog.pg_class c ON c.oid = d.source
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
+
+fn from_row(r: pgrx::spi::SpiHeapTupleData) -> KpiResult<Kpi> {
+    let measures_json: String = r.get(8)?.unwrap_or_default();
+    let measures = serde_json::from_str(&measures_json)
+        .map_err(|e| KpiError::internal(format!("corrupt measures in catalog: {e}")))?;
+    Ok(Kpi {
+        id: r.get(1)?.unwrap_or_default(),
+        name: r.get(2)?.unwrap_or_default(),
+        source: r.get(3)?.unwrap_or(pg_sys::InvalidOid),
+        source_sql: r.get(4)?.unwrap_or_default(),
+        partitioned: r.get(5)?.unwrap_or(false),
+        time_column: r.get(6)?.unwrap_or_default(),
+        time_type: r.get(7)?.unwrap_or(pg_sys::InvalidOid),
+        measures,
+        dimensions: r.get(9)?.unwrap_or_default(),
+        dimension_types: r.get(10)?.unwrap_or_default(),
+        filter: r.get(11)?,
+        bucket: r.get(12)?.unwrap_or_default(),
+        bucket_us: r.get(13)?.unwrap_or(60_000_000),
+        retention: r.get(14)?,
+        owner: r.get(15)?.unwrap_or(pg_sys::InvalidOid),
+        version: r.get(16)?.unwrap_or_default(),
+    })
+}
+
+impl Kpi {
+    pub fn by_name(name: &str) -> KpiResult<Kpi> {
+        Spi::connect(|c| {
+            let mut t = c.select(&format!("{SELECT} WHERE d.name = $1"), None, &[name.into()])?;
+            match t.next() {
+                Some(row) => from_row(row),
+                None => Err(KpiError::undefined_kpi(name)),
+            }
+        })
+    }
+
+    pub fn by_ids(ids: &[i32]) -> KpiResult<Vec<Kpi>> {
+        Spi::connect(|c| {
+            c.select(
+                &format!("{SELECT} WHERE d.id = ANY($1) ORDER BY d.id"),
+                None,
+                &[ids.to_vec().into()],
+            )?
+            .map(from_row)
+            .collect()
+        })
+    }
+
+    pub fn all() -> KpiResult<Vec<Kpi>> {
+        Spi::connect(|c| c.select(&format!("{SELECT} ORDER BY d.id"), None, &[])?.map(from_row).collect())
+    }
+
+    pub fn agg_table(&self) -> String {
+        format!("kpi._agg_{}", self.id)
+    }
+
+    pub fn state_view(&self) -> String {
+        format!("kpi._state_{}", self.id)
+    }
+
+    pub fn view(&self) -> String {
+        format!("kpi.{}", quote_identifier(&self.name))
+    }
+
+    pub fn measure_index(&self, name: &str) -> KpiResult<usize> {
+        self.measures.iter().position(|m| m.name == name).ok_or_else(|| {
+            KpiError::new(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("KPI \"{}\" has no measure \"{name}\"", self.name),
+                format!(
+                    "Its measures are: {}.",
+                    self.measures.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })
+    }
+
+    pub fn dimension_index(&self, name: &str) -> KpiResult<usize> {
+        self.dimensions.iter().position(|d| d == name).ok_or_else(|| {
+            KpiError::new(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("KPI \"{}\" has no dimension \"{name}\"", self.name),
+                if self.dimensions.is_empty() {
+                    "This KPI has no dimensions.".to_string()
+                } else {
+                    format!("Its dimensions are: {}.", self.dimensions.join(", "))
+                },
+            )
+        })
+    }
+
+    /// Quoted dimension column names.
+    pub fn dim_cols(&self) -> Vec<String> {
+        self.dimensions.iter().map(quote_identifier).collect()
+    }
+
+    /// The time column of source row alias `r` as a timestamptz (timestamp is read as UTC).
+    pub fn time_tz_sql(&self, r: &str) -> String {
+        let col = format!("{r}.{}", quote_identifier(&self.time_column));
+        if self.time_type == pg_sys::TIMESTAMPTZOID {
+            col
+        } else if self.time_type == pg_sys::TIMESTAMPOID {
+            format!("({col} AT TIME ZONE 'UTC')")
+        } else {
+            format!("({col}::timestamp AT TIME ZONE 'UTC')")
+        }
+    }
+
+    /// The bucket of source row `r`, aligned like the capture trigger's.
+    pub fn bucket_of_row_sql(&self, r: &str) -> String {
+        format!(
+            "date_bin({}::interval, {}, '2000-01-01 00:00:00+00'::timestamptz)",
+            quote_literal(&self.bucket),
+            self.time_tz_sql(r)
+        )
+    }
+
+    /// Rows of `r` that the KPI counts: finite time, and the filter.
+    pub fn counted_rows_sql(&self, r: &str) -> String {
+        let col = format!("{r}.{}", quote_identifier(&self.time_column));
+        let mut sql = format!("{col} IS NOT NULL AND isfinite({col})");
+        if let Some(f) = &self.filter {
+            sql.push_str(&format!(" AND ({f})"));
+        }
+        sql
+    }
+
+    /// Rows of `r` whose bucket is in `[lo, hi)` (timestamptz SQL expressions),
+    /// written so an index on a timestamptz time column can be used.
+    pub fn time_range_sql(&self, r: &str, lo: &str, hi: &str) -> String {
+        if self.time_type == pg_sys::TIMESTAMPTZOID {
+            let col = format!("{r}.{}", quote_identifier(&self.time_column));
+            format!("{col} >= ({lo}) AND {col} < ({hi})")
+        } else {
+            let b = self.bucket_of_row_sql(r);
+            format!("{b} >= ({lo}) AND {b} < ({hi})")
+        }
+    }
+
+    /// Scalar subquery recomputing min/max measure `i` from the source for rows in
+    /// `[lo, hi)` matching `dims_pred` (which refers to source alias `r`).
+    pub fn rescan_sql(&self, i: usize, lo: &str, hi: &str, dims_pred: &str) -> Option<String> {
+        let m = &self.measures[i];
+        let agg = m.rescan_agg()?;
+        let expr = m.expr.as_deref()?;
+        let only = if self.partitioned { "" } else { "ONLY " };
+        Some(format!(
+            "SELECT {agg}({expr}) FROM {only}{} r WHERE {} AND {}{}",
+            self.source_sql,
+            self.counted_rows_sql("r"),
+            self.time_range_sql("r", lo, hi),
+            dims_pred
+        ))
+    }
+}
+
+pub fn quote_literal(s: &str) -> String {
+    pgrx::spi::quote_literal(s)
+}

@@ -1,0 +1,170 @@
+//! The objects behind each KPI, generated from its definition:
+//!
+//! - `kpi._agg_<id>`: folded state per bucket and dimension values;
+//! - `kpi._state_<id>`: that state plus the not-yet-folded deltas, decoded (exact);
+//! - `kpi.<name>`: the user's view, finalized values per bucket and dimensions.
+//!
+//! Only normalized SQL deparsed by Postgres (see `expr`) and quoted identifiers are
+//! put into these statements.
+
+use crate::catalog::Kpi;
+use crate::measures::Kind;
+
+/// `CREATE TABLE` and index of the aggregate table.
+pub fn create_agg_table(k: &Kpi) -> String {
+    let mut cols = vec!["bucket timestamptz NOT NULL".to_string()];
+    for (d, t) in k.dim_cols().iter().zip(&k.dimension_types) {
+        cols.push(format!("{d} {t}"));
+    }
+    cols.push("_n bigint NOT NULL".into());
+    for (i, m) in k.measures.iter().enumerate() {
+        for (c, t) in m.state_columns(i) {
+            let default = if t == "numeric" && !matches!(m.kind, Kind::Min | Kind::Max) {
+                " NOT NULL DEFAULT 0"
+            } else if t == "bigint" {
+                " NOT NULL DEFAULT 0"
+            } else {
+                ""
+            };
+            cols.push(format!("{c} {t}{default}"));
+        }
+    }
+    let mut key = vec!["bucket".to_string()];
+    key.extend(k.dim_cols());
+    format!(
+        "CREATE TABLE {agg} ({cols});
+         CREATE UNIQUE INDEX ON {agg} ({key}) NULLS NOT DISTINCT;
+         COMMENT ON TABLE {agg} IS {comment};",
+        agg = k.agg_table(),
+        cols = cols.join(", "),
+        key = key.join(", "),
+        comment = crate::catalog::quote_literal(&format!("pg_kpi: folded state of KPI {}", k.name)),
+    )
+}
+
+/// The columns of the state view, in order (shared by both branches of its UNION).
+fn state_columns(k: &Kpi) -> Vec<String> {
+    let mut cols = vec!["bucket".to_string()];
+    cols.extend(k.dim_cols());
+    cols.push("_n".into());
+    for (i, m) in k.measures.iter().enumerate() {
+        cols.extend(m.state_columns(i).into_iter().map(|(c, _)| c));
+        if m.has_dirty() {
+            cols.push(format!("_m{i}_dirty"));
+        }
+    }
+    cols
+}
+
+/// Decoding of one delta entry `x` into the state view's columns.
+pub fn decode_entry_columns(k: &Kpi) -> Vec<String> {
+    let mut cols = vec!["kpi._bucket_ts((x->>0)::bigint)".to_string()];
+    for (j, t) in k.dimension_types.iter().enumerate() {
+        cols.push(format!("(x->1->>{j})::{t}"));
+    }
+    cols.push("(x->>2)::bigint".into());
+    for (i, m) in k.measures.iter().enumerate() {
+        cols.extend(m.decode_sql(i));
+        if let Some(d) = m.dirty_decode_sql(i) {
+            cols.push(d);
+        }
+    }
+    cols
+}
+
+pub fn create_state_view(k: &Kpi) -> String {
+    let names = state_columns(k);
+    let agg_cols: Vec<String> = names
+        .iter()
+        .map(|c| if c.ends_with("_dirty") { format!("false AS {c}") } else { c.clone() })
+        .collect();
+    let decoded: Vec<String> = decode_entry_columns(k)
+        .into_iter()
+        .zip(&names)
+        .map(|(e, n)| format!("{e} AS {n}"))
+        .collect();
+    format!(
+        "CREATE VIEW {state} AS
+           SELECT {agg_cols} FROM {agg}
+           UNION ALL
+           SELECT {decoded} FROM kpi.deltas d, jsonb_array_elements(d.batch -> '{id}') x;",
+        state = k.state_view(),
+        agg = k.agg_table(),
+        agg_cols = agg_cols.join(", "),
+        decoded = decoded.join(", "),
+        id = k.id,
+    )
+}
+
+/// `r.dim IS NOT DISTINCT FROM s.dim` for every dimension (source row vs. group).
+pub fn same_dims_pred(k: &Kpi) -> String {
+    k.dim_cols()
+        .iter()
+        .map(|d| format!(" AND r.{d} IS NOT DISTINCT FROM s.{d}"))
+        .collect()
+}
+
+pub fn create_view(k: &Kpi) -> String {
+    let mut cols = vec!["s.bucket".to_string()];
+    cols.extend(k.dim_cols().iter().map(|d| format!("s.{d}")));
+    let group: Vec<String> = (1..=cols.len()).map(|i| i.to_string()).collect();
+    let width = format!("{}::interval", crate::catalog::quote_literal(&k.bucket));
+    let hi = format!("s.bucket + {width}");
+    let dims = same_dims_pred(k);
+    for (i, m) in k.measures.iter().enumerate() {
+        let rescan = k.rescan_sql(i, "s.bucket", &hi, &dims);
+        cols.push(format!(
+            "{} AS {}",
+            m.finalize_sql(i, rescan.as_deref()),
+            pgrx::spi::quote_identifier(&m.name)
+        ));
+    }
+    format!(
+        "CREATE VIEW {view} AS SELECT {cols} FROM {state} s GROUP BY {group} HAVING sum(s._n) <> 0;
+         COMMENT ON VIEW {view} IS {comment};",
+        view = k.view(),
+        cols = cols.join(", "),
+        state = k.state_view(),
+        group = group.join(", "),
+        comment = crate::catalog::quote_literal(&format!(
+            "pg_kpi KPI {} over {} (exact at read time)",
+            k.name, k.source_sql
+        )),
+    )
+}
+
+/// One scan of the source filling the aggregate table.
+pub fn backfill(k: &Kpi) -> String {
+    let mut cols = vec!["bucket".to_string()];
+    cols.extend(k.dim_cols());
+    cols.push("_n".into());
+    let mut sel = vec![k.bucket_of_row_sql("r")];
+    sel.extend(k.dim_cols().iter().map(|d| format!("r.{d}")));
+    sel.push("count(*)".into());
+    for (i, m) in k.measures.iter().enumerate() {
+        let e = m.expr.clone().unwrap_or_default();
+        for (c, _) in m.state_columns(i) {
+            cols.push(c.clone());
+            sel.push(if c.ends_with("_nn") {
+                format!("count({e})")
+            } else if c.ends_with("_sum") {
+                format!("coalesce(sum({e}), 0)")
+            } else if m.kind == Kind::Min {
+                format!("min({e})")
+            } else {
+                format!("max({e})")
+            });
+        }
+    }
+    let group: Vec<String> = (1..=1 + k.dimensions.len()).map(|i| i.to_string()).collect();
+    let only = if k.partitioned { "" } else { "ONLY " };
+    format!(
+        "INSERT INTO {agg} ({cols}) SELECT {sel} FROM {only}{src} r WHERE {counted} GROUP BY {group}",
+        agg = k.agg_table(),
+        cols = cols.join(", "),
+        sel = sel.join(", "),
+        src = k.source_sql,
+        counted = k.counted_rows_sql("r"),
+        group = group.join(", "),
+    )
+}

@@ -1,0 +1,195 @@
+//! The fold: drain the delta buffer, merge it into the aggregate tables, repair min/max
+//! where rows were removed, apply retention, bump versions, and NOTIFY once.
+//!
+//! All of it is one transaction. Folds are serialized by an advisory lock, so the fold
+//! worker, `kpi.fold()` and TRUNCATE rebuilds never interleave. Alert rules will be
+//! evaluated here too, right after the merge, on exactly the KPIs that changed.
+
+use crate::catalog::Kpi;
+use crate::ddl;
+use crate::errors::KpiResult;
+use pgrx::prelude::*;
+use pgrx::spi::quote_identifier;
+
+/// Key of the advisory lock serializing folds ("pg_kpi" in ASCII).
+const FOLD_LOCK: i64 = 0x70675f6b7069;
+
+/// NOTIFY payloads must stay under Postgres's 8000-byte limit.
+const MAX_PAYLOAD: usize = 7900;
+
+pub fn lock_folds() -> KpiResult<()> {
+    Spi::run(&format!("SELECT pg_catalog.pg_advisory_xact_lock({FOLD_LOCK})"))?;
+    Ok(())
+}
+
+/// Folds everything pending; returns the number of delta rows folded.
+pub fn fold() -> KpiResult<i64> {
+    lock_folds()?;
+    let mut drained_rows = 0i64;
+    let mut per_kpi: Vec<(i32, String)> = Vec::new();
+    Spi::connect(|c| -> KpiResult<()> {
+        let rows = c.select(
+            "WITH d AS (DELETE FROM kpi.deltas RETURNING batch)
+             SELECT NULL::int, NULL::text, count(*) FROM d
+             UNION ALL
+             SELECT k.key::int, jsonb_agg(e)::text, NULL
+               FROM d, jsonb_each(d.batch) k, jsonb_array_elements(k.value) e
+              GROUP BY k.key",
+            None,
+            &[],
+        )?;
+        for r in rows {
+            match r.get::<i32>(1)? {
+                None => drained_rows = r.get::<i64>(3)?.unwrap_or(0),
+                Some(id) => per_kpi.push((id, r.get::<String>(2)?.unwrap_or_default())),
+            }
+        }
+        Ok(())
+    })?;
+    let ids: Vec<i32> = per_kpi.iter().map(|(id, _)| *id).collect();
+    // Deltas of KPIs dropped since they were captured are simply discarded.
+    let kpis = if ids.is_empty() { Vec::new() } else { Kpi::by_ids(&ids)? };
+    for kpi in &kpis {
+        if let Some((_, entries)) = per_kpi.iter().find(|(id, _)| *id == kpi.id) {
+            merge(kpi, entries)?;
+        }
+    }
+    apply_retention()?;
+    let touched: Vec<i32> = kpis.iter().map(|k| k.id).collect();
+    if !touched.is_empty() {
+        let versions = bump_versions(&touched)?;
+        notify_versions(&versions)?;
+    }
+    Ok(drained_rows)
+}
+
+fn key_cols(k: &Kpi) -> Vec<String> {
+    let mut cols = vec!["bucket".to_string()];
+    cols.extend(k.dim_cols());
+    cols
+}
+
+/// Merges one KPI's drained entries (a jsonb array) into its aggregate table.
+fn merge(k: &Kpi, entries: &str) -> KpiResult<()> {
+    let keys = key_cols(k);
+    let mut names = keys.clone();
+    names.push("_n".into());
+    let mut merged = keys.clone();
+    merged.push("sum(_n)::bigint".into());
+    let mut sets = vec!["_n = a._n + excluded._n".to_string()];
+    let mut decoded_names = names.clone();
+    for (i, m) in k.measures.iter().enumerate() {
+        for (c, _) in m.state_columns(i) {
+            names.push(c.clone());
+            decoded_names.push(c);
+        }
+        merged.extend(m.merge_aggs(i));
+        sets.extend(m.upsert_sets(i));
+        if m.has_dirty() {
+            decoded_names.push(format!("_m{i}_dirty"));
+        }
+    }
+    let decoded: Vec<String> = ddl::decode_entry_columns(k)
+        .into_iter()
+        .zip(&decoded_names)
+        .map(|(e, n)| format!("{e} AS {n}"))
+        .collect();
+    let source = format!(
+        "(SELECT {} FROM jsonb_array_elements($1::jsonb) AS t(x))",
+        decoded.join(", ")
+    );
+    let upsert = format!(
+        "INSERT INTO {agg} AS a ({names}) SELECT {merged} FROM {source} e GROUP BY {keys}
+         ON CONFLICT ({keys}) DO UPDATE SET {sets}",
+        agg = k.agg_table(),
+        names = names.join(", "),
+        merged = merged.join(", "),
+        keys = keys.join(", "),
+        sets = sets.join(", "),
+    );
+    Spi::run_with_args(&upsert, &[entries.into()])?;
+
+    // min/max: a removal may have taken the extreme away; rescan those groups.
+    let dirty: Vec<String> = k
+        .measures
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.has_dirty())
+        .map(|(i, _)| format!("_m{i}_dirty"))
+        .collect();
+    if !dirty.is_empty() {
+        let width = format!("{}::interval", crate::catalog::quote_literal(&k.bucket));
+        let hi = format!("s.bucket + {width}");
+        let dims = ddl::same_dims_pred(k);
+        let repairs: Vec<String> = k
+            .measures
+            .iter()
+            .enumerate()
+            .filter_map(|(i, _)| {
+                k.rescan_sql(i, "s.bucket", &hi, &dims).map(|sub| format!("_m{i}_val = ({sub})"))
+            })
+            .collect();
+        let join: Vec<String> = keys
+            .iter()
+            .map(|c| format!("s.{c} IS NOT DISTINCT FROM g.{c}"))
+            .collect();
+        let repair = format!(
+            "UPDATE {agg} s SET {repairs}
+               FROM (SELECT DISTINCT {keys} FROM {source} e WHERE {dirty}) g
+              WHERE s.bucket = g.bucket AND {join}",
+            agg = k.agg_table(),
+            repairs = repairs.join(", "),
+            keys = keys.join(", "),
+            dirty = dirty.join(" OR "),
+            join = join.join(" AND "),
+        );
+        Spi::run_with_args(&repair, &[entries.into()])?;
+    }
+    Ok(())
+}
+
+/// Drops buckets older than each KPI's retention.
+fn apply_retention() -> KpiResult<()> {
+    let targets: Vec<(i32, String)> = Spi::connect(|c| {
+        c.select("SELECT id, retention::text FROM kpi.definitions WHERE retention IS NOT NULL", None, &[])?
+            .map(|r| Ok((r.get::<i32>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())))
+            .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+    })?;
+    for (id, retention) in targets {
+        Spi::run_with_args(
+            &format!("DELETE FROM kpi._agg_{id} WHERE bucket < now() - $1::interval"),
+            &[retention.as_str().into()],
+        )?;
+    }
+    Ok(())
+}
+
+/// Increments the versions of the given KPIs; returns (name, new version).
+pub fn bump_versions(ids: &[i32]) -> KpiResult<Vec<(String, i64)>> {
+    Ok(Spi::connect_mut(|c| {
+        c.update(
+            "UPDATE kpi.definitions SET version = version + 1 WHERE id = ANY($1) RETURNING name, version",
+            None,
+            &[ids.to_vec().into()],
+        )?
+        .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or_default())))
+        .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+    })?)
+}
+
+/// One `kpi_changes` NOTIFY: `{"seq":N,"kpis":{"name":version,…}}`, or
+/// `{"seq":N,"overflow":true}` when that would not fit in a payload.
+pub fn notify_versions(versions: &[(String, i64)]) -> KpiResult<()> {
+    let seq = Spi::get_one::<i64>("SELECT nextval('kpi.notify_seq')")?.unwrap_or_default();
+    let kpis: Vec<String> = versions
+        .iter()
+        .map(|(name, v)| format!("{}:{v}", serde_json::Value::String(name.clone())))
+        .collect();
+    let mut payload = format!("{{\"seq\":{seq},\"kpis\":{{{}}}}}", kpis.join(","));
+    if payload.len() > MAX_PAYLOAD {
+        payload = format!("{{\"seq\":{seq},\"overflow\":true}}");
+    }
+    Spi::run_with_args("SELECT pg_catalog.pg_notify('kpi_changes', $1)", &[payload.as_str().into()])?;
+    let _ = quote_identifier("");
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! pg_kpi: real-time, exact, time-bucketed KPIs maintained by row triggers.
+//!
+//! Module map (see docs/architecture.md for the data flow):
+//! - [`api`]: the SQL functions (`kpi.create`, `drop`, `fold`, `value`, `series`, `top`,
+//!   `snapshot`); public names and defaults live in `src/sql/api.sql`.
+//! - [`catalog`]: a KPI's stored definition and the SQL fragments derived from it.
+//! - [`measures`]: measure kinds, their mergeable state and its SQL.
+//! - [`expr`]: user expressions, parsed and analysed by Postgres, compiled for the executor.
+//! - [`ddl`]: the per-KPI aggregate table, state view and user view.
+//! - [`triggers`]: the triggers on source tables.
+//! - [`capture`]: the row trigger and transaction hooks that buffer deltas.
+//! - [`fold`]: merging deltas into aggregates, versions, NOTIFY.
+//! - [`worker`], [`wake`]: the fold background worker and how commits wake it.
+//! - [`privileges`], [`gucs`], [`errors`], [`names`]: cross-cutting rules.
+
+use pgrx::prelude::*;
+
+mod api;
+mod capture;
+mod catalog;
+mod ddl;
+mod errors;
+mod expr;
+mod fold;
+mod gucs;
+mod measures;
+mod names;
+mod privileges;
+mod triggers;
+mod wake;
+mod worker;
+
+pgrx::pg_module_magic!();
+
+extension_sql_file!("sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!("sql/api.sql", name = "api", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    gucs::init(preloading);
+    if preloading {
+        wake::init_shmem();
+        worker::register();
+    }
+}
+
+/// Whether this database gets a fold worker: pg_kpi preloaded and the database listed.
+#[pg_extern(name = "_worker_configured", stable)]
+fn worker_configured() -> bool {
+    if !wake::workers_enabled() {
+        return false;
+    }
+    let db = unsafe { std::ffi::CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) }
+        .to_string_lossy()
+        .into_owned();
+    gucs::databases().contains(&db)
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests;
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,90 @@
+-- pg_kpi public SQL API: named arguments, defaults and documentation over the
+-- internal kpi._… functions. See docs/sql-contract.md.
+
+-- The capture trigger is plain C ABI (it needs the executor's tuple slots).
+CREATE FUNCTION kpi._capture() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'pg_kpi_capture';
+COMMENT ON FUNCTION kpi._capture() IS 'pg_kpi: row trigger capturing KPI deltas (installed by kpi.create)';
+
+-- SECURITY DEFINER: whoever may TRUNCATE the source must be able to reset its KPIs,
+-- which live in tables they cannot write.
+CREATE FUNCTION kpi._truncate() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM kpi._reset_source(TG_RELID);
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION kpi._truncate() IS 'pg_kpi: rebuilds a source''s KPIs after TRUNCATE';
+
+CREATE FUNCTION kpi.create(
+    name        text,
+    source      regclass,
+    time_column text,
+    measures    text,
+    dimensions  text[]   DEFAULT '{}',
+    filter      text     DEFAULT NULL,
+    bucket      interval DEFAULT '1 minute',
+    retention   interval DEFAULT NULL,
+    backfill    boolean  DEFAULT true)
+RETURNS integer LANGUAGE sql VOLATILE AS $$
+    SELECT kpi._create(name, source::oid, time_column, measures, coalesce(dimensions, '{}'),
+                       filter, bucket, retention, coalesce(backfill, true))
+$$;
+COMMENT ON FUNCTION kpi.create(text, regclass, text, text, text[], text, interval, interval, boolean) IS
+'Defines a KPI over a table: measures per time bucket and dimension values, kept exact by triggers. Returns its id.';
+
+CREATE FUNCTION kpi.drop(name text, if_exists boolean DEFAULT false)
+RETURNS boolean LANGUAGE sql VOLATILE AS $$ SELECT kpi._drop(name, if_exists) $$;
+COMMENT ON FUNCTION kpi.drop(text, boolean) IS 'Drops a KPI, its view and state; removes the source''s triggers when no KPI is left on it.';
+
+CREATE FUNCTION kpi.fold() RETURNS bigint LANGUAGE sql VOLATILE AS $$ SELECT kpi._fold() $$;
+COMMENT ON FUNCTION kpi.fold() IS 'Folds pending deltas into the aggregates now (the fold worker does this on its own); returns delta rows folded.';
+
+-- Rows of the catalog the caller may see: KPIs they own or whose view they can read.
+ALTER TABLE kpi.definitions ENABLE ROW LEVEL SECURITY;
+CREATE POLICY visible_kpis ON kpi.definitions FOR SELECT USING (
+    pg_catalog.pg_has_role(owner, 'USAGE')
+    OR pg_catalog.has_table_privilege(pg_catalog.format('kpi.%I', name), 'SELECT'));
+GRANT SELECT ON kpi.definitions TO PUBLIC;
+
+CREATE FUNCTION kpi.list() RETURNS TABLE (
+    name text, source regclass, time_column text, measures jsonb, dimensions text[],
+    filter text, bucket interval, retention interval, version bigint, created_at timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT d.name, d.source, d.time_column, d.measures, d.dimensions, d.filter, d.bucket,
+           d.retention, d.version, d.created_at
+      FROM kpi.definitions d ORDER BY d.name
+$$;
+COMMENT ON FUNCTION kpi.list() IS 'The KPIs you can see, one row each.';
+
+CREATE FUNCTION kpi.value(name text, measure text, "window" interval DEFAULT '1 hour', dims jsonb DEFAULT '{}')
+RETURNS numeric LANGUAGE sql STABLE AS $$ SELECT kpi._value(name, measure, "window", coalesce(dims, '{}')) $$;
+COMMENT ON FUNCTION kpi.value(text, text, interval, jsonb) IS 'A measure over the buckets overlapping the last "window", optionally for some dimension values.';
+
+CREATE FUNCTION kpi.series(name text, measure text, since timestamptz, until timestamptz DEFAULT now(),
+                           step interval DEFAULT NULL, dims jsonb DEFAULT '{}')
+RETURNS TABLE (bucket timestamptz, value numeric) LANGUAGE sql STABLE AS $$
+    SELECT * FROM kpi._series(name, measure, since, until, step, coalesce(dims, '{}'))
+$$;
+COMMENT ON FUNCTION kpi.series(text, text, timestamptz, timestamptz, interval, jsonb) IS 'A measure per step from since to until, gap-filled (counts 0, others NULL).';
+
+CREATE FUNCTION kpi.top(name text, measure text, dimension text, "window" interval DEFAULT '1 hour', n integer DEFAULT 10)
+RETURNS TABLE (dimension_value text, value numeric) LANGUAGE sql STABLE AS $$
+    SELECT * FROM kpi._top(name, measure, dimension, "window", n)
+$$;
+COMMENT ON FUNCTION kpi.top(text, text, text, interval, integer) IS 'The n largest values of a measure by one dimension over the last "window".';
+
+CREATE FUNCTION kpi.snapshot(name text) RETURNS jsonb LANGUAGE sql STABLE AS $$ SELECT kpi._snapshot(name) $$;
+COMMENT ON FUNCTION kpi.snapshot(text) IS 'Everything a dashboard card needs: per measure today, the last hour, and that hour a day and a week ago, with the KPI version.';
+
+-- Internal functions are reached through the wrappers above.
+REVOKE ALL ON FUNCTION kpi._reset_source(oid) FROM PUBLIC;
+
+DO $$
+BEGIN
+    IF NOT kpi._worker_configured() THEN
+        RAISE WARNING 'pg_kpi: no fold worker serves database "%"', current_database()
+            USING DETAIL = 'KPI views stay exact, but pending deltas are only folded into the aggregates by kpi.fold().',
+                  HINT = 'Add pg_kpi to shared_preload_libraries and this database to pg_kpi.databases, then restart; or call kpi.fold() periodically (the notifier can do it).';
+    END IF;
+END $$;

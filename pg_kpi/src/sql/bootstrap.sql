@@ -1,0 +1,34 @@
+-- pg_kpi catalog. Created before any function of the extension.
+
+-- One row per KPI. `measures` is the parsed, validated definition (see measures.rs);
+-- expressions are stored in the normalized form Postgres deparsed them to.
+CREATE TABLE kpi.definitions (
+    id          serial PRIMARY KEY,
+    name        text NOT NULL UNIQUE,
+    source      regclass NOT NULL,
+    time_column text NOT NULL,
+    time_type   regtype NOT NULL,
+    measures    jsonb NOT NULL,
+    dimensions  text[] NOT NULL DEFAULT '{}',
+    dimension_types regtype[] NOT NULL DEFAULT '{}',
+    filter      text,
+    bucket      interval NOT NULL,
+    retention   interval,
+    owner       regrole NOT NULL,
+    version     bigint NOT NULL DEFAULT 0,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE kpi.definitions IS 'pg_kpi catalog: one row per KPI (read it through kpi.list())';
+
+-- The delta buffer. Writers only ever INSERT here, one row per transaction carrying the
+-- deltas of every KPI it touched: {"<kpi id>": [[bucket_us, [dims…], rows, [states…]], …]}.
+-- No index and no UPDATE, so concurrent writers never wait on each other; the fold
+-- drains it with DELETE … RETURNING.
+CREATE TABLE kpi.deltas (batch jsonb NOT NULL);
+COMMENT ON TABLE kpi.deltas IS 'pg_kpi delta buffer: captured, not yet folded changes (insert-only for writers)';
+
+-- Orders the NOTIFY payloads of successive folds.
+CREATE SEQUENCE kpi.notify_seq;
+
+REVOKE ALL ON kpi.definitions, kpi.deltas, kpi.notify_seq FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('kpi.definitions', '');

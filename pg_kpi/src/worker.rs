@@ -1,0 +1,78 @@
+//! The fold background worker: one per database listed in `pg_kpi.databases`.
+//!
+//! It sleeps on its latch, is woken by committing writers (see `wake`), folds, and then
+//! waits at least `pg_kpi.fold_min_interval_ms` before folding again, so a quiet system
+//! gets millisecond freshness and a busy one gets batching. Every
+//! `pg_kpi.fold_idle_interval_ms` it folds anyway (retention, missed wake-ups).
+//! A failed fold is logged; the worker exits and the postmaster restarts it.
+
+use crate::gucs;
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
+use pgrx::prelude::*;
+use std::time::Duration;
+
+/// Registers one worker per configured database (called from `_PG_init` at preload).
+pub fn register() {
+    for db in gucs::databases() {
+        let name = format!("pg_kpi fold {db}");
+        BackgroundWorkerBuilder::new(&name)
+            .set_type(&name)
+            .set_library("pg_kpi")
+            .set_function("pg_kpi_fold_worker_main")
+            .set_extra(&db)
+            .enable_spi_access()
+            .set_restart_time(Some(Duration::from_secs(1)))
+            .load();
+    }
+}
+
+/// # Safety
+/// Entry point called by the postmaster for the background worker.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn pg_kpi_fold_worker_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let db = BackgroundWorker::get_extra().to_string();
+    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    crate::wake::publish_worker_latch();
+    log!("pg_kpi fold worker started for database \"{db}\"");
+
+    let mut last_fold = std::time::Instant::now() - Duration::from_secs(3600);
+    loop {
+        let idle = Duration::from_millis(gucs::FOLD_IDLE_INTERVAL_MS.get().max(1) as u64);
+        if !BackgroundWorker::wait_latch(Some(idle)) {
+            break;
+        }
+        if BackgroundWorker::sighup_received() {
+            unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+        }
+        // Rate limit: batch whatever arrives during the minimum interval.
+        let min = Duration::from_millis(gucs::FOLD_MIN_INTERVAL_MS.get().max(1) as u64);
+        let since = last_fold.elapsed();
+        if since < min {
+            // A plain sleep: writers setting the latch meanwhile must not cut it short.
+            std::thread::sleep(min - since);
+            if BackgroundWorker::sigterm_received() {
+                break;
+            }
+        }
+        last_fold = std::time::Instant::now();
+        // An error aborts the transaction and ends the process; the postmaster restarts
+        // the worker a second later and the deltas are still there to fold.
+        BackgroundWorker::transaction(|| {
+            if installed() {
+                if let Err(e) = crate::fold::fold() {
+                    e.raise();
+                }
+            }
+        });
+    }
+    log!("pg_kpi fold worker for database \"{db}\" stopping");
+}
+
+fn installed() -> bool {
+    Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_kpi')")
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}

@@ -1,0 +1,339 @@
+//! Test harness for pg_kpi's end-to-end tests: a real, throwaway PostgreSQL cluster
+//! with pg_kpi preloaded, started and stopped by the test itself.
+//!
+//! The cluster runs as the `postgres` OS user when the tests run as root (Postgres
+//! refuses to run as root), and as the caller otherwise. Each [`Cluster`] has its own
+//! data directory under `target/e2e-clusters/` and a free loopback port; dropping it
+//! stops the server (`pg_ctl stop -m immediate`) and removes the directory.
+//!
+//! The extension must already be installed into the system Postgres
+//! (`cargo pgrx install --release`), which `scripts/test.sh` does first.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use postgres;
+
+pub mod notify;
+pub mod oracle;
+pub mod schema;
+pub mod workload;
+
+/// Where the Postgres server binaries live (overridable for other installs).
+pub fn pg_bin_dir() -> PathBuf {
+    std::env::var_os("PG_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
+fn running_as_root() -> bool {
+    // SAFETY-free check: `id -u` avoids a libc dependency for one call.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs a Postgres binary, as `postgres` when we are root.
+fn pg_command(binary: &str) -> Command {
+    let path = pg_bin_dir().join(binary);
+    if running_as_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(path);
+        cmd
+    } else {
+        Command::new(path)
+    }
+}
+
+fn chown_to_postgres(path: &Path) {
+    if running_as_root() {
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .status()
+            .expect("chown");
+        assert!(status.success(), "chown {path:?} failed");
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (racy by nature, good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Notices received on a connection made by [`Cluster::connect_with_notices`].
+pub type Notices = Arc<Mutex<Vec<postgres::error::DbError>>>;
+
+/// Options for a new cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Load pg_kpi through `shared_preload_libraries` (starts the fold worker).
+    pub preload: bool,
+    /// Extra `-c name=value` server settings.
+    pub settings: Vec<(String, String)>,
+    /// Run `CREATE EXTENSION pg_kpi` in database `test` at start. Tests that need to see
+    /// what CREATE EXTENSION itself reports (notices) turn this off and run it themselves.
+    pub create_extension: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            preload: true,
+            settings: Vec::new(),
+            create_extension: true,
+        }
+    }
+}
+
+/// A running throwaway cluster. Stopped and deleted on drop.
+pub struct Cluster {
+    pub port: u16,
+    pub dir: PathBuf,
+    options: ClusterOptions,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Cluster {
+    /// A cluster with pg_kpi preloaded and a database `test` with the extension created.
+    pub fn start() -> Cluster {
+        Self::start_with(ClusterOptions::default())
+    }
+
+    pub fn start_with(options: ClusterOptions) -> Cluster {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-clusters");
+        std::fs::create_dir_all(&root).expect("create cluster root");
+        let name = format!(
+            "c{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = root.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create data dir");
+        // Parent directories must be traversable by postgres.
+        if running_as_root() {
+            let _ = Command::new("chmod").arg("a+rx").arg(&root).status();
+            let _ = Command::new("chmod")
+                .arg("a+rx")
+                .arg(root.join(".."))
+                .status();
+        }
+        chown_to_postgres(&dir);
+        let out = pg_command("initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+            .arg("-D")
+            .arg(dir.join("data"))
+            .stdout(Stdio::null())
+            .output()
+            .expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Cluster {
+            port: free_port(),
+            dir,
+            options,
+        };
+        cluster.pg_ctl_start();
+        cluster.exec_in("postgres", "CREATE DATABASE test");
+        if cluster.options.create_extension {
+            cluster.exec("CREATE EXTENSION pg_kpi");
+        }
+        cluster
+    }
+
+    fn server_options(&self) -> String {
+        let mut opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.display()
+        );
+        if self.options.preload {
+            opts.push_str(" -c shared_preload_libraries=pg_kpi -c pg_kpi.databases=test");
+        }
+        for (k, v) in &self.options.settings {
+            opts.push_str(&format!(" -c {k}={v}"));
+        }
+        opts
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+
+    fn pg_ctl_start(&self) {
+        let out = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-o")
+            .arg(self.server_options())
+            .arg("-l")
+            .arg(self.log_path())
+            .args(["-w", "-t", "60", "start"])
+            .output()
+            .expect("run pg_ctl start");
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.server_log()
+        );
+    }
+
+    /// Stops the server (fast mode) and starts it again on the same port.
+    pub fn restart(&self) {
+        self.stop_mode("fast");
+        self.pg_ctl_start();
+    }
+
+    pub fn stop_mode(&self, mode: &str) {
+        let _ = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", mode, "-w", "stop"])
+            .output();
+    }
+
+    /// The server log so far (for assertion messages).
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// A libpq-style connection string for database `test`.
+    pub fn url(&self) -> String {
+        self.url_for("test")
+    }
+
+    pub fn url_for(&self, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            self.port
+        )
+    }
+
+    /// A `postgresql://` URL for database `test` (for the notifier).
+    pub fn database_url(&self) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/test", self.port)
+    }
+
+    /// A new synchronous connection to database `test`.
+    pub fn connect(&self) -> postgres::Client {
+        self.connect_to("test")
+    }
+
+    pub fn connect_to(&self, db: &str) -> postgres::Client {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match postgres::Client::connect(&self.url_for(db), postgres::NoTls) {
+                Ok(c) => return c,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("connect to {db}: {e}\n{}", self.server_log()),
+            }
+        }
+    }
+
+    /// A connection to database `test` that records every notice (WARNING, NOTICE, …)
+    /// the server sends, for tests that check what a command reports besides errors.
+    pub fn connect_with_notices(&self) -> (postgres::Client, Notices) {
+        let notices: Notices = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&notices);
+        let mut config: postgres::Config = self.url().parse().expect("connection string");
+        config.notice_callback(move |notice| {
+            sink.lock().expect("notice lock").push(notice);
+        });
+        let client = config
+            .connect(postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect: {e}\n{}", self.server_log()));
+        (client, notices)
+    }
+
+    /// Runs SQL (possibly several statements) in database `test`, panicking on error.
+    pub fn exec(&self, sql: &str) {
+        self.exec_in("test", sql)
+    }
+
+    pub fn exec_in(&self, db: &str, sql: &str) {
+        let mut c = self.connect_to(db);
+        if let Err(e) = c.batch_execute(sql) {
+            panic!("{sql}: {e:?}");
+        }
+    }
+
+    /// The pid of the fold worker of database `test`, if it is running.
+    pub fn fold_worker_pid(&self) -> Option<i32> {
+        let mut c = self.connect_to("postgres");
+        c.query_opt(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_kpi fold test'",
+            &[],
+        )
+        .ok()
+        .flatten()
+        .map(|r| r.get(0))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_mode("immediate");
+        if std::env::var_os("KEEP_CLUSTERS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// An error as the server reported it: severity, SQLSTATE, message, detail, hint and
+/// context, or the client-side error when there is no server error (lost connection).
+pub fn describe_error(e: &postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        return format!("(client) {e}");
+    };
+    let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    if let Some(detail) = db.detail() {
+        s.push_str(&format!(" | DETAIL: {detail}"));
+    }
+    if let Some(hint) = db.hint() {
+        s.push_str(&format!(" | HINT: {hint}"));
+    }
+    if let Some(context) = db.where_() {
+        s.push_str(&format!(" | CONTEXT: {context}"));
+    }
+    s
+}
+
+/// Sends a signal to a process by PID (used to `kill -9` a backend or the fold worker).
+pub fn kill(pid: i32, signal: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
