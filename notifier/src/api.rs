@@ -66,13 +66,22 @@ async fn list(
         .map_err(|e| ApiError::Internal(format!("kpi.list() JSON: {e}")))?;
     let kpis: Vec<serde_json::Value> = all
         .into_iter()
-        .filter(|k| k["name"].as_str().is_some_and(|n| principal.scope.allows(n)))
+        .filter(|k| {
+            k["name"]
+                .as_str()
+                .is_some_and(|n| principal.scope.allows(n))
+        })
         .collect();
     Ok(Json(serde_json::json!({ "kpis": kpis })).into_response())
 }
 
 /// Checks scope and existence of a KPI named in a path.
-fn known_kpi(state: &AppState, headers: &HeaderMap, token: Option<&str>, name: &str) -> Result<(), ApiError> {
+fn known_kpi(
+    state: &AppState,
+    headers: &HeaderMap,
+    token: Option<&str>,
+    name: &str,
+) -> Result<(), ApiError> {
     let principal = state.principal(headers, token)?;
     state.authorize(&principal, name)?;
     if !state.hub.is_loaded() {
@@ -101,7 +110,10 @@ async fn one(
         .current(&name)
         .ok_or_else(|| ApiError::UnknownKpi(truncate(&name, 64).into()))?;
     Ok((
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         Body::from(bytes::Bytes::from(snap.snapshot_frame.clone())),
     )
         .into_response())
@@ -148,22 +160,38 @@ async fn series(
         .ok_or_else(|| ApiError::bad_request("bad_request", "measure= is required"))?;
     let now = Utc::now();
     let since = match q.since.as_deref() {
-        Some(s) => parse_time(s, now)
-            .ok_or_else(|| ApiError::bad_request("bad_request", "since= must be RFC 3339 or a duration like 30m, 6h, 7d"))?,
+        Some(s) => parse_time(s, now).ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_request",
+                "since= must be RFC 3339 or a duration like 30m, 6h, 7d",
+            )
+        })?,
         None => now - chrono::Duration::hours(1),
     };
     let until = match q.until.as_deref() {
-        Some(s) => parse_time(s, now)
-            .ok_or_else(|| ApiError::bad_request("bad_request", "until= must be RFC 3339 or a duration like 30m"))?,
+        Some(s) => parse_time(s, now).ok_or_else(|| {
+            ApiError::bad_request(
+                "bad_request",
+                "until= must be RFC 3339 or a duration like 30m",
+            )
+        })?,
         None => now,
     };
     if since > until {
-        return Err(ApiError::bad_request("bad_request", "since= is after until="));
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "since= is after until=",
+        ));
     }
     let dims = match q.dims.as_deref() {
         Some(d) => match serde_json::from_str::<serde_json::Value>(d) {
             Ok(v @ serde_json::Value::Object(_)) => v.to_string(),
-            _ => return Err(ApiError::bad_request("bad_request", "dims= must be a JSON object")),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "bad_request",
+                    "dims= must be a JSON object",
+                ))
+            }
         },
         None => "{}".to_string(),
     };
@@ -175,7 +203,15 @@ async fn series(
                      ORDER BY s.bucket), '[]')::text, count(*) \
              FROM (SELECT * FROM kpi.series($1, $2, $3, $4, $5::text::interval, $6::text::jsonb) \
                    LIMIT $7) AS s",
-            &[&name, &measure, &since, &until, &step, &dims, &(MAX_POINTS + 1)],
+            &[
+                &name,
+                &measure,
+                &since,
+                &until,
+                &step,
+                &dims,
+                &(MAX_POINTS + 1),
+            ],
         )
         .await
         .map_err(ApiError::from_db)?;
@@ -207,7 +243,10 @@ fn parse_time(s: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     }
     let s = s.trim().trim_start_matches('-');
     let unit = s.chars().last()?;
-    let n: i64 = s[..s.len() - unit.len_utf8()].parse().ok().filter(|n| *n >= 0)?;
+    let n: i64 = s[..s.len() - unit.len_utf8()]
+        .parse()
+        .ok()
+        .filter(|n| *n >= 0)?;
     let secs = match unit {
         's' => 1,
         'm' => 60,
@@ -228,12 +267,25 @@ mod tests {
 
     #[test]
     fn times() {
-        let now = DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z").unwrap().with_timezone(&Utc);
-        assert_eq!(parse_time("30m", now).unwrap().to_rfc3339(), "2026-01-01T11:30:00+00:00");
-        assert_eq!(parse_time("-2h", now).unwrap().to_rfc3339(), "2026-01-01T10:00:00+00:00");
-        assert_eq!(parse_time("1w", now).unwrap().to_rfc3339(), "2025-12-25T12:00:00+00:00");
+        let now = DateTime::parse_from_rfc3339("2026-01-01T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(
-            parse_time("2025-12-31T00:00:00+01:00", now).unwrap().to_rfc3339(),
+            parse_time("30m", now).unwrap().to_rfc3339(),
+            "2026-01-01T11:30:00+00:00"
+        );
+        assert_eq!(
+            parse_time("-2h", now).unwrap().to_rfc3339(),
+            "2026-01-01T10:00:00+00:00"
+        );
+        assert_eq!(
+            parse_time("1w", now).unwrap().to_rfc3339(),
+            "2025-12-25T12:00:00+00:00"
+        );
+        assert_eq!(
+            parse_time("2025-12-31T00:00:00+01:00", now)
+                .unwrap()
+                .to_rfc3339(),
             "2025-12-30T23:00:00+00:00"
         );
         for bad in ["", "m", "10x", "abc", "99999999999999999w", "é"] {

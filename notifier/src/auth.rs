@@ -207,8 +207,8 @@ impl Auth {
         let Some((key, validation)) = &self.jwt else {
             return Err(AuthError::Invalid("unknown token".into()));
         };
-        let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| {
-            match e.kind() {
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
                 ErrorKind::InvalidAlgorithm => AuthError::Invalid("only HS256 is accepted".into()),
@@ -221,8 +221,7 @@ impl Auth {
                     "claims must include exp (number) and kpis (array of KPI names)".into(),
                 ),
                 _ => AuthError::Invalid("unknown or malformed token".into()),
-            }
-        })?;
+            })?;
         let claims = data.claims;
         let scope = match claims.kpis {
             KpisClaim::One(s) if s == "*" => Scope::All,
@@ -288,7 +287,10 @@ mod tests {
 
     fn bearer(t: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, format!("Bearer {t}").parse().unwrap());
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {t}").parse().unwrap(),
+        );
         h
     }
 
@@ -303,19 +305,29 @@ mod tests {
     #[test]
     fn static_keys_with_scopes() {
         let a = auth();
-        let p = a.authenticate(&bearer("static-sales-0123456789"), None).unwrap();
+        let p = a
+            .authenticate(&bearer("static-sales-0123456789"), None)
+            .unwrap();
         assert_eq!(p.name, "sales");
         assert!(p.scope.allows("checkout") && !p.scope.allows("stock"));
-        let p = a.authenticate(&HeaderMap::new(), Some("static-all-0123456789")).unwrap();
+        let p = a
+            .authenticate(&HeaderMap::new(), Some("static-all-0123456789"))
+            .unwrap();
         assert!(p.scope.allows("anything"));
-        assert_eq!(a.authenticate(&HeaderMap::new(), None).unwrap_err(), AuthError::Missing);
+        assert_eq!(
+            a.authenticate(&HeaderMap::new(), None).unwrap_err(),
+            AuthError::Missing
+        );
         assert!(matches!(
             a.authenticate(&bearer("static-all-012345678"), None),
             Err(AuthError::Invalid(_))
         ));
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap());
-        assert!(matches!(a.authenticate(&h, None), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            a.authenticate(&h, None),
+            Err(AuthError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -331,7 +343,8 @@ mod tests {
         cfg.allow_query_token = false;
         let a = Auth::new(&cfg);
         assert_eq!(
-            a.authenticate(&HeaderMap::new(), Some(&"k".repeat(20))).unwrap_err(),
+            a.authenticate(&HeaderMap::new(), Some(&"k".repeat(20)))
+                .unwrap_err(),
             AuthError::Missing
         );
     }
@@ -339,7 +352,10 @@ mod tests {
     #[test]
     fn jwt_scopes_expiry_and_forgery() {
         let a = auth();
-        let t = jwt(json!({"sub":"alice","exp": now() + 60, "kpis": ["checkout"]}), SECRET);
+        let t = jwt(
+            json!({"sub":"alice","exp": now() + 60, "kpis": ["checkout"]}),
+            SECRET,
+        );
         let p = a.authenticate(&bearer(&t), None).unwrap();
         assert_eq!(p.name, "alice");
         assert!(p.scope.allows("checkout") && !p.scope.allows("stock"));
@@ -362,7 +378,10 @@ mod tests {
         // alg=none and other algorithms are refused whatever the payload says.
         let header = base64url(r#"{"alg":"none","typ":"JWT"}"#);
         let body = base64url(&format!(r#"{{"exp":{},"kpis":["*"]}}"#, now() + 60));
-        assert!(matches!(a.check(&format!("{header}.{body}.")), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            a.check(&format!("{header}.{body}.")),
+            Err(AuthError::Invalid(_))
+        ));
         assert!(matches!(a.check("garbage"), Err(AuthError::Invalid(_))));
     }
 
@@ -374,9 +393,15 @@ mod tests {
             jwt_issuer: "idp".into(),
             ..AuthConfig::default()
         });
-        let ok = jwt(json!({"exp": now()+60, "kpis":["*"], "aud":"dash", "iss":"idp"}), SECRET);
+        let ok = jwt(
+            json!({"exp": now()+60, "kpis":["*"], "aud":"dash", "iss":"idp"}),
+            SECRET,
+        );
         assert!(a.check(&ok).is_ok());
-        let wrong = jwt(json!({"exp": now()+60, "kpis":["*"], "aud":"other", "iss":"idp"}), SECRET);
+        let wrong = jwt(
+            json!({"exp": now()+60, "kpis":["*"], "aud":"other", "iss":"idp"}),
+            SECRET,
+        );
         assert!(a.check(&wrong).is_err());
         let missing = jwt(json!({"exp": now()+60, "kpis":["*"]}), SECRET);
         assert!(a.check(&missing).is_err());
@@ -387,7 +412,10 @@ mod tests {
         let b = s.as_bytes();
         let mut out = String::new();
         for chunk in b.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |acc, (i, c)| acc | (*c as u32) << (16 - 8 * i));
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, c)| acc | (*c as u32) << (16 - 8 * i));
             for i in 0..=chunk.len() {
                 out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
             }

@@ -286,7 +286,11 @@ impl Config {
             )),
             None => None,
         };
-        Self::from_layers(file.as_ref().map(|(p, s)| (p.as_str(), s.as_str())), env, flags)
+        Self::from_layers(
+            file.as_ref().map(|(p, s)| (p.as_str(), s.as_str())),
+            env,
+            flags,
+        )
     }
 
     /// Like [`Config::load`] with the file's text given directly as `(name, text)`.
@@ -305,9 +309,9 @@ impl Config {
             merge(&mut table, file_table);
         }
         apply_env(&mut table, env)?;
-        let mut config: Config = table.try_into().map_err(|e: toml::de::Error| {
-            ConfigError::Invalid(e.message().trim().to_string())
-        })?;
+        let mut config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().trim().to_string()))?;
         if let Some(listen) = flags.listen {
             config.listen = listen;
         }
@@ -329,7 +333,9 @@ impl Config {
             return bad("limits: max_connections and max_subscriptions must be > 0, max_message_bytes >= 64".into());
         }
         if l.messages_per_second == 0 || l.burst == 0 || l.send_timeout_ms == 0 {
-            return bad("limits: messages_per_second, burst and send_timeout_ms must be > 0".into());
+            return bad(
+                "limits: messages_per_second, burst and send_timeout_ms must be > 0".into(),
+            );
         }
         if self.ws.ping_interval_ms == 0 || self.ws.idle_timeout_ms <= self.ws.ping_interval_ms {
             return bad("ws: ping_interval_ms must be > 0 and < idle_timeout_ms".into());
@@ -346,7 +352,9 @@ impl Config {
                 return bad(format!("auth.tokens[{i}]: token is empty"));
             }
             if t.kpis.is_empty() {
-                return bad(format!("auth.tokens[{i}]: kpis is empty (use [\"*\"] for all)"));
+                return bad(format!(
+                    "auth.tokens[{i}]: kpis is empty (use [\"*\"] for all)"
+                ));
             }
             if let Some(k) = t.kpis.iter().find(|k| *k != "*" && !valid_kpi_name(k)) {
                 return bad(format!("auth.tokens[{i}]: {k:?} is not a KPI name"));
@@ -390,8 +398,7 @@ pub fn valid_kpi_name(name: &str) -> bool {
     !b.is_empty()
         && b.len() <= 48
         && (b[0].is_ascii_lowercase() || b[0] == b'_')
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_')
 }
 
@@ -400,7 +407,9 @@ fn valid_origin(o: &str) -> bool {
     match o.split_once("://") {
         Some((scheme, rest)) => {
             !scheme.is_empty()
-                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-')
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-')
                 && !rest.is_empty()
                 && !rest.contains(['/', '?', '#', ' '])
         }
@@ -533,7 +542,10 @@ mod tests {
             ("DATABASE_URL", "host=env_plain"),
             ("KPI_LIMITS__MAX_CONNECTIONS", "6"),
             ("KPI_LISTEN", "127.0.0.1:9001"),
-            ("KPI_HTTP__ALLOWED_ORIGINS", "http://a.example, https://b.example:8443"),
+            (
+                "KPI_HTTP__ALLOWED_ORIGINS",
+                "http://a.example, https://b.example:8443",
+            ),
             ("KPI_CONFIG", "ignored.toml"),
             ("PATH", "/bin"),
         ]);
@@ -546,8 +558,15 @@ mod tests {
         assert_eq!(c.database_url.expose(), "host=env_plain", "env beats file");
         assert_eq!(c.fold_interval_ms, 50, "file beats default");
         assert_eq!(c.limits.max_connections, 6, "env beats file");
-        assert_eq!(c.limits.max_subscriptions, 7, "file keys in a section merge");
-        assert_eq!(c.limits.burst, Limits::default().burst, "untouched keys keep defaults");
+        assert_eq!(
+            c.limits.max_subscriptions, 7,
+            "file keys in a section merge"
+        );
+        assert_eq!(
+            c.limits.burst,
+            Limits::default().burst,
+            "untouched keys keep defaults"
+        );
         assert_eq!(
             c.http.allowed_origins,
             vec!["http://a.example", "https://b.example:8443"]
@@ -596,7 +615,11 @@ mod tests {
             let r = Config::from_layers(None, env(&[(k, v)]), &Overrides::default());
             assert!(matches!(r, Err(ConfigError::Env { .. })), "{k}={v}: {r:?}");
         }
-        let r = Config::from_layers(Some(("f", "[limits]\nmax_conections = 1")), env(&[]), &Overrides::default());
+        let r = Config::from_layers(
+            Some(("f", "[limits]\nmax_conections = 1")),
+            env(&[]),
+            &Overrides::default(),
+        );
         assert!(matches!(r, Err(ConfigError::Invalid(_))), "{r:?}");
         let r = Config::from_layers(Some(("f", "listen = ")), env(&[]), &Overrides::default());
         assert!(matches!(r, Err(ConfigError::File { .. })), "{r:?}");
@@ -607,7 +630,10 @@ mod tests {
         let e = env(&[("KPI_LISTEN", "0.0.0.0:8080")]);
         let r = Config::from_layers(None, e, &Overrides::default());
         assert!(matches!(r, Err(ConfigError::Invalid(m)) if m.contains("without authentication")));
-        let e = env(&[("KPI_LISTEN", "0.0.0.0:8080"), ("KPI_AUTH__JWT_SECRET", "s")]);
+        let e = env(&[
+            ("KPI_LISTEN", "0.0.0.0:8080"),
+            ("KPI_AUTH__JWT_SECRET", "s"),
+        ]);
         assert!(Config::from_layers(None, e, &Overrides::default()).is_ok());
         let e = env(&[("KPI_LISTEN", "[::1]:8080")]);
         assert!(Config::from_layers(None, e, &Overrides::default()).is_ok());
@@ -641,8 +667,8 @@ mod tests {
     #[test]
     fn example_config_parses_and_matches_defaults() {
         let text = include_str!("../notifier.example.toml");
-        let c = Config::from_layers(Some(("example", text)), env(&[]), &Overrides::default())
-            .unwrap();
+        let c =
+            Config::from_layers(Some(("example", text)), env(&[]), &Overrides::default()).unwrap();
         // The example documents the defaults; only the commented-out samples differ.
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.ws, WsConfig::default());

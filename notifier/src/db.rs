@@ -14,15 +14,21 @@ use tokio_postgres::{Client, NoTls};
 use crate::config::Config;
 use crate::error::ApiError;
 
-/// The libpq settings for every connection the notifier opens.
-pub fn pg_config(config: &Config) -> Result<tokio_postgres::Config, String> {
+/// `application_name` of the LISTEN connection (find it in `pg_stat_activity`).
+pub const LISTEN_APP_NAME: &str = "pg_kpi_notifier_listen";
+/// `application_name` of the API's query connection.
+pub const API_APP_NAME: &str = "pg_kpi_notifier_api";
+
+/// The libpq settings for every connection the notifier opens; `app_name` is used
+/// unless the URL sets one.
+pub fn pg_config(config: &Config, app_name: &str) -> Result<tokio_postgres::Config, String> {
     let mut pg: tokio_postgres::Config = config
         .database_url
         .expose()
         .parse()
         .map_err(|e| format!("database_url: {e}"))?;
     if pg.get_application_name().is_none() {
-        pg.application_name("pg_kpi notifier");
+        pg.application_name(app_name);
     }
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(Duration::from_millis(config.database.connect_timeout_ms));
@@ -34,7 +40,10 @@ pub fn pg_config(config: &Config) -> Result<tokio_postgres::Config, String> {
         .keepalives_interval(Duration::from_secs(10))
         .keepalives_retries(3);
     // Append, so options from the URL survive.
-    let timeout = format!("-c statement_timeout={}", config.database.statement_timeout_ms);
+    let timeout = format!(
+        "-c statement_timeout={}",
+        config.database.statement_timeout_ms
+    );
     let options = match pg.get_options() {
         Some(o) if !o.is_empty() => format!("{o} {timeout}"),
         _ => timeout,
@@ -89,12 +98,18 @@ mod tests {
 
     #[test]
     fn settings_are_added_without_losing_the_url_options() {
-        let mut c = Config::default();
-        c.database_url =
-            crate::config::Secret("postgresql://u@h/db?options=-c%20search_path%3Dx".into());
-        let pg = pg_config(&c).unwrap();
-        assert_eq!(pg.get_application_name(), Some("pg_kpi notifier"));
+        let c = Config {
+            database_url: crate::config::Secret(
+                "postgresql://u@h/db?options=-c%20search_path%3Dx".into(),
+            ),
+            ..Config::default()
+        };
+        let pg = pg_config(&c, API_APP_NAME).unwrap();
+        assert_eq!(pg.get_application_name(), Some(API_APP_NAME));
         let o = pg.get_options().unwrap();
-        assert!(o.contains("search_path=x") && o.contains("statement_timeout=10000"), "{o}");
+        assert!(
+            o.contains("search_path=x") && o.contains("statement_timeout=10000"),
+            "{o}"
+        );
     }
 }

@@ -160,7 +160,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// stop other web pages from using a visitor's browser (and its token) against us.
 async fn check_origin(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(origin) = req.headers().get(header::ORIGIN) {
-        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
         if !origin_allowed(&state.config.http.allowed_origins, origin, host) {
             state.metrics.rejected.inc("origin_not_allowed");
             let shown = String::from_utf8_lossy(origin.as_bytes());
@@ -175,7 +178,10 @@ pub fn origin_allowed(allowed: &[String], origin: &HeaderValue, host: Option<&st
     let Ok(origin) = origin.to_str() else {
         return false;
     };
-    if allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) {
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
         return true;
     }
     // Same origin: the page was served by this notifier (the dashboard).

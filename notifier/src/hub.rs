@@ -171,7 +171,9 @@ impl Hub {
         self.loaded.store(true, Ordering::Release);
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, watch::Sender<Arc<Snapshot>>>> {
+    fn read(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, HashMap<String, watch::Sender<Arc<Snapshot>>>> {
         // A poisoned lock means a panic while holding it; the map itself is still
         // consistent (every mutation is a single insert/remove), so keep serving.
         self.channels.read().unwrap_or_else(|e| e.into_inner())
@@ -220,7 +222,10 @@ mod tests {
         rx.changed().await.unwrap();
         let cur = rx.borrow_and_update().clone();
         assert_eq!(cur.version, 100, "only the newest value is kept");
-        assert_eq!(cur.seq, 99, "and it tells how many were published meanwhile");
+        assert_eq!(
+            cur.seq, 99,
+            "and it tells how many were published meanwhile"
+        );
         assert!(!rx.has_changed().unwrap());
     }
 
@@ -244,7 +249,10 @@ mod tests {
         let mut rx = hub.subscribe("a").unwrap();
         let gone = hub.retain(&HashSet::from(["b".to_string()]));
         assert_eq!(gone, vec!["a".to_string()]);
-        assert!(rx.changed().await.is_err(), "receiver sees the channel close");
+        assert!(
+            rx.changed().await.is_err(),
+            "receiver sees the channel close"
+        );
         assert!(hub.subscribe("a").is_none());
         assert_eq!(hub.names(), vec!["b".to_string()]);
     }

@@ -63,12 +63,13 @@ pub fn state(
     config: Config,
     shutdown: shutdown::Shutdown,
 ) -> Result<(http::AppState, listen::Listener), ServeError> {
-    let pg = db::pg_config(&config).map_err(ServeError::Config)?;
+    let listen_pg = db::pg_config(&config, db::LISTEN_APP_NAME).map_err(ServeError::Config)?;
+    let api_pg = db::pg_config(&config, db::API_APP_NAME).map_err(ServeError::Config)?;
     let hub = Arc::new(hub::Hub::new());
     let metrics = Arc::new(metrics::Metrics::default());
     let (status_tx, status_rx) = listen::status_channel();
     let listener = listen::Listener {
-        pg: pg.clone(),
+        pg: listen_pg,
         db: config.database.clone(),
         fold_interval: (config.fold_interval_ms > 0)
             .then(|| Duration::from_millis(config.fold_interval_ms)),
@@ -79,7 +80,7 @@ pub fn state(
     let state = Arc::new(http::Shared {
         auth: auth::Auth::new(&config.auth),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-        db: db::ApiDb::new(pg),
+        db: db::ApiDb::new(api_pg),
         hub,
         metrics,
         status: status_rx,
@@ -126,7 +127,10 @@ pub async fn serve(
     // hold a connection permit until their close handshake is done.
     let open = shutdown::drain(&state.connections, max_connections, grace).await;
     if open > 0 {
-        tracing::warn!(open, "shutdown grace period over; dropping open connections");
+        tracing::warn!(
+            open,
+            "shutdown grace period over; dropping open connections"
+        );
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), listen_task).await;
     watcher.abort();

@@ -216,8 +216,12 @@ impl Listener {
         self.metrics
             .listen_connected
             .store(1, std::sync::atomic::Ordering::Relaxed);
-        self.status.send_replace(Status::new(true, "ready", None, 0));
-        tracing::info!(kpis = self.hub.len(), "LISTEN connected and every KPI loaded; ready");
+        self.status
+            .send_replace(Status::new(true, "ready", None, 0));
+        tracing::info!(
+            kpis = self.hub.len(),
+            "LISTEN connected and every KPI loaded; ready"
+        );
 
         let mut fold_timer = self.fold_interval.map(|d| {
             let mut t = tokio::time::interval(d);
@@ -271,7 +275,11 @@ impl Listener {
         let mut first_notified = None;
         for (name, (version, at)) in &kpis {
             // A notification can trail a reload that already saw its version.
-            if self.hub.current(name).is_some_and(|s| s.version >= *version) {
+            if self
+                .hub
+                .current(name)
+                .is_some_and(|s| s.version >= *version)
+            {
                 continue;
             }
             names.push(name.clone());
@@ -456,7 +464,10 @@ mod tests {
 
     #[test]
     fn snapshot_version_is_read_from_the_json() {
-        assert_eq!(snapshot_version(r#"{"kpi":"a","version":42,"measures":{}}"#), Some(42));
+        assert_eq!(
+            snapshot_version(r#"{"kpi":"a","version":42,"measures":{}}"#),
+            Some(42)
+        );
         assert_eq!(snapshot_version(r#"{"kpi":"a"}"#), None);
         assert_eq!(snapshot_version("nope"), None);
     }
@@ -465,7 +476,10 @@ mod tests {
     fn jitter_stays_within_a_quarter() {
         for ms in [1u64, 100, 10_000] {
             let d = jitter(Duration::from_millis(ms));
-            assert!(d >= Duration::from_millis(ms * 3 / 4) && d <= Duration::from_millis(ms * 5 / 4 + 1));
+            assert!(
+                d >= Duration::from_millis(ms * 3 / 4)
+                    && d <= Duration::from_millis(ms * 5 / 4 + 1)
+            );
         }
     }
 }

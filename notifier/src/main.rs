@@ -8,7 +8,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use notifier::config::{Config, Overrides};
 
 #[derive(Parser)]
-#[command(version, about = "pg_kpi notifier: live KPIs over WebSocket, SSE and JSON")]
+#[command(
+    version,
+    about = "pg_kpi notifier: live KPIs over WebSocket, SSE and JSON"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "KPI_LOG_FORMAT", default_value = "text")]

@@ -143,17 +143,50 @@ impl Metrics {
     pub fn render(&self, g: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
         let p = "kpi_notifier";
-        header(&mut out, p, "connections", "gauge", "Open streaming connections.");
+        header(
+            &mut out,
+            p,
+            "connections",
+            "gauge",
+            "Open streaming connections.",
+        );
         for (i, c) in self.connections.iter().enumerate() {
-            let _ = writeln!(out, "{p}_connections{{transport=\"{}\"}} {}", Transport::label(i), c.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "{p}_connections{{transport=\"{}\"}} {}",
+                Transport::label(i),
+                c.load(Relaxed)
+            );
         }
-        header(&mut out, p, "connections_total", "counter", "Streaming connections accepted.");
+        header(
+            &mut out,
+            p,
+            "connections_total",
+            "counter",
+            "Streaming connections accepted.",
+        );
         for (i, c) in self.connections_total.iter().enumerate() {
-            let _ = writeln!(out, "{p}_connections_total{{transport=\"{}\"}} {}", Transport::label(i), c.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "{p}_connections_total{{transport=\"{}\"}} {}",
+                Transport::label(i),
+                c.load(Relaxed)
+            );
         }
-        header(&mut out, p, "messages_sent_total", "counter", "Messages written to clients.");
+        header(
+            &mut out,
+            p,
+            "messages_sent_total",
+            "counter",
+            "Messages written to clients.",
+        );
         for (i, c) in self.messages_sent.iter().enumerate() {
-            let _ = writeln!(out, "{p}_messages_sent_total{{transport=\"{}\"}} {}", Transport::label(i), c.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "{p}_messages_sent_total{{transport=\"{}\"}} {}",
+                Transport::label(i),
+                c.load(Relaxed)
+            );
         }
         header(
             &mut out,
@@ -163,7 +196,12 @@ impl Metrics {
             "KPI versions a slow client skipped (it got the latest instead).",
         );
         for (i, c) in self.updates_dropped.iter().enumerate() {
-            let _ = writeln!(out, "{p}_updates_dropped_total{{transport=\"{}\"}} {}", Transport::label(i), c.load(Relaxed));
+            let _ = writeln!(
+                out,
+                "{p}_updates_dropped_total{{transport=\"{}\"}} {}",
+                Transport::label(i),
+                c.load(Relaxed)
+            );
         }
         header(
             &mut out,
@@ -175,35 +213,111 @@ impl Metrics {
         let mut cumulative = 0;
         for (bound, n) in LATENCY_BUCKETS.iter().zip(&self.notify_to_send.buckets) {
             cumulative += n.load(Relaxed);
-            let _ = writeln!(out, "{p}_notify_to_send_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "{p}_notify_to_send_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
         }
         let count = self.notify_to_send.count.load(Relaxed);
-        let _ = writeln!(out, "{p}_notify_to_send_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{p}_notify_to_send_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let sum = self.notify_to_send.sum_micros.load(Relaxed) as f64 / 1e6;
         let _ = writeln!(out, "{p}_notify_to_send_seconds_sum {sum}");
         let _ = writeln!(out, "{p}_notify_to_send_seconds_count {count}");
 
         let simple: [(&str, &str, &str, i64); 10] = [
-            ("listen_reconnects_total", "counter", "LISTEN connection losses followed by a reconnect attempt.", self.listen_reconnects.load(Relaxed) as i64),
-            ("listen_connected", "gauge", "1 while the LISTEN connection is up.", self.listen_connected.load(Relaxed)),
-            ("ready", "gauge", "1 when connected and every KPI is loaded.", g.ready as i64),
-            ("kpis", "gauge", "KPIs known to the notifier.", g.kpis as i64),
-            ("notifications_total", "counter", "NOTIFY messages received on kpi_changes.", self.notifications.load(Relaxed) as i64),
-            ("notify_payload_errors_total", "counter", "NOTIFY payloads that could not be parsed (a full reload follows).", self.notify_payload_errors.load(Relaxed) as i64),
-            ("full_reloads_total", "counter", "Reloads of every KPI (connect, reconnect, overflow).", self.full_reloads.load(Relaxed) as i64),
-            ("snapshots_published_total", "counter", "New KPI versions published to subscribers.", self.snapshots_published.load(Relaxed) as i64),
-            ("fold_runs_total", "counter", "kpi.fold() calls made by the fold timer.", self.fold_runs.load(Relaxed) as i64),
-            ("fold_errors_total", "counter", "kpi.fold() calls that failed.", self.fold_errors.load(Relaxed) as i64),
+            (
+                "listen_reconnects_total",
+                "counter",
+                "LISTEN connection losses followed by a reconnect attempt.",
+                self.listen_reconnects.load(Relaxed) as i64,
+            ),
+            (
+                "listen_connected",
+                "gauge",
+                "1 while the LISTEN connection is up.",
+                self.listen_connected.load(Relaxed),
+            ),
+            (
+                "ready",
+                "gauge",
+                "1 when connected and every KPI is loaded.",
+                g.ready as i64,
+            ),
+            (
+                "kpis",
+                "gauge",
+                "KPIs known to the notifier.",
+                g.kpis as i64,
+            ),
+            (
+                "notifications_total",
+                "counter",
+                "NOTIFY messages received on kpi_changes.",
+                self.notifications.load(Relaxed) as i64,
+            ),
+            (
+                "notify_payload_errors_total",
+                "counter",
+                "NOTIFY payloads that could not be parsed (a full reload follows).",
+                self.notify_payload_errors.load(Relaxed) as i64,
+            ),
+            (
+                "full_reloads_total",
+                "counter",
+                "Reloads of every KPI (connect, reconnect, overflow).",
+                self.full_reloads.load(Relaxed) as i64,
+            ),
+            (
+                "snapshots_published_total",
+                "counter",
+                "New KPI versions published to subscribers.",
+                self.snapshots_published.load(Relaxed) as i64,
+            ),
+            (
+                "fold_runs_total",
+                "counter",
+                "kpi.fold() calls made by the fold timer.",
+                self.fold_runs.load(Relaxed) as i64,
+            ),
+            (
+                "fold_errors_total",
+                "counter",
+                "kpi.fold() calls that failed.",
+                self.fold_errors.load(Relaxed) as i64,
+            ),
         ];
         for (name, kind, help, v) in simple {
             header(&mut out, p, name, kind, help);
             let _ = writeln!(out, "{p}_{name} {v}");
         }
         let vecs: [(&str, &str, &str, &CounterVec); 4] = [
-            ("client_errors_total", "code", "Protocol errors reported to WebSocket clients.", &self.client_errors),
-            ("ws_closes_total", "code", "WebSocket connections closed by the server, by close code.", &self.ws_closes),
-            ("rejected_total", "reason", "Connections or requests refused before streaming.", &self.rejected),
-            ("http_errors_total", "code", "HTTP error responses.", &self.http_errors),
+            (
+                "client_errors_total",
+                "code",
+                "Protocol errors reported to WebSocket clients.",
+                &self.client_errors,
+            ),
+            (
+                "ws_closes_total",
+                "code",
+                "WebSocket connections closed by the server, by close code.",
+                &self.ws_closes,
+            ),
+            (
+                "rejected_total",
+                "reason",
+                "Connections or requests refused before streaming.",
+                &self.rejected,
+            ),
+            (
+                "http_errors_total",
+                "code",
+                "HTTP error responses.",
+                &self.http_errors,
+            ),
         ];
         for (name, label, help, vec) in vecs {
             header(&mut out, p, name, "counter", help);
@@ -241,7 +355,10 @@ mod tests {
         m.notify_to_send.observe(Duration::from_millis(20));
         m.client_errors.inc("bad_since");
         m.ws_closes.inc("4002");
-        let text = m.render(&Gauges { ready: true, kpis: 2 });
+        let text = m.render(&Gauges {
+            ready: true,
+            kpis: 2,
+        });
         for line in [
             "kpi_notifier_connections{transport=\"ws\"} 1",
             "kpi_notifier_messages_sent_total{transport=\"ws\"} 1",
@@ -256,7 +373,10 @@ mod tests {
             "kpi_notifier_client_errors_total{code=\"bad_since\"} 1",
             "kpi_notifier_ws_closes_total{code=\"4002\"} 1",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
     }
 }

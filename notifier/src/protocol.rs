@@ -123,7 +123,10 @@ pub fn parse_client(text: &str) -> Result<ClientMsg, ParseError> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| ParseError::NotJson(e.to_string()))?;
     let Value::Object(mut obj) = value else {
-        return Err(refused(ErrorCode::BadMessage, "a message must be a JSON object"));
+        return Err(refused(
+            ErrorCode::BadMessage,
+            "a message must be a JSON object",
+        ));
     };
     let op = match obj.remove("op") {
         Some(Value::String(op)) => op,
@@ -303,7 +306,10 @@ mod tests {
         assert_eq!(code(parse_client("[1,2]")), ErrorCode::BadMessage);
         assert_eq!(code(parse_client(r#"{"kpis":[]}"#)), ErrorCode::BadMessage);
         assert_eq!(code(parse_client(r#"{"op":7}"#)), ErrorCode::BadMessage);
-        assert_eq!(code(parse_client(r#"{"op":"dance"}"#)), ErrorCode::UnknownOp);
+        assert_eq!(
+            code(parse_client(r#"{"op":"dance"}"#)),
+            ErrorCode::UnknownOp
+        );
         assert_eq!(
             code(parse_client(r#"{"op":"subscribe","kpis":"a"}"#)),
             ErrorCode::BadMessage

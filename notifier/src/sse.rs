@@ -52,7 +52,10 @@ pub async fn handler(
         }
     }
     if names.is_empty() {
-        return Err(ApiError::bad_request("bad_request", "kpi=name[,name…] is required"));
+        return Err(ApiError::bad_request(
+            "bad_request",
+            "kpi=name[,name…] is required",
+        ));
     }
     let max = state.config.limits.max_subscriptions;
     if names.len() > max {
@@ -96,7 +99,11 @@ pub async fn handler(
         known.insert(
             name.clone(),
             Known {
-                floor: if send { current.version } else { since.unwrap_or(current.version) },
+                floor: if send {
+                    current.version
+                } else {
+                    since.unwrap_or(current.version)
+                },
                 hub_version: current.version,
                 hub_seq: current.seq,
             },
@@ -128,7 +135,10 @@ pub async fn handler(
         _guard: guard,
         state: state.clone(),
     };
-    let mut first = vec![Bytes::from(format!("retry: {}\n\n", state.config.sse.retry_ms))];
+    let mut first = vec![Bytes::from(format!(
+        "retry: {}\n\n",
+        state.config.sse.retry_ms
+    ))];
     for (frame, name) in initial {
         first.extend(st.event(&Bytes::from(frame), Some(&name)));
         st.state.metrics.message_sent(Transport::Sse);
@@ -141,10 +151,16 @@ pub async fn handler(
         .flat_map(|chunks| stream::iter(chunks.into_iter().map(Ok::<_, std::convert::Infallible>)));
     Ok((
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
             // Stops nginx from buffering the stream.
-            (header::HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
+            (
+                header::HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
         ],
         Body::from_stream(body),
     )
@@ -283,7 +299,10 @@ mod tests {
     fn event_ids() {
         let one = vec!["a".to_string()];
         let two = vec!["a".to_string(), "b".to_string()];
-        assert_eq!(parse_event_id("42", &one), Some(HashMap::from([("a".into(), 42)])));
+        assert_eq!(
+            parse_event_id("42", &one),
+            Some(HashMap::from([("a".into(), 42)]))
+        );
         assert_eq!(parse_event_id("42", &two), None);
         assert_eq!(parse_event_id("-1", &one), None);
         assert_eq!(

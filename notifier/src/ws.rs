@@ -155,7 +155,8 @@ impl Session {
         let cfg = &state.config;
         let ping_every = Duration::from_millis(cfg.ws.ping_interval_ms);
         let idle_timeout = Duration::from_millis(cfg.ws.idle_timeout_ms);
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let mut last_heard = Instant::now();
         let expiry = token_expiry(self.principal.expires_at);
         tokio::pin!(expiry);
@@ -198,7 +199,9 @@ impl Session {
             }
         };
         match end {
-            End::Gone => tracing::debug!(principal = %self.principal.name, "WebSocket closed by client"),
+            End::Gone => {
+                tracing::debug!(principal = %self.principal.name, "WebSocket closed by client")
+            }
             End::Close(code, reason) => {
                 let level_info = code != close::GOING_AWAY;
                 if level_info {
@@ -226,7 +229,10 @@ impl Session {
             }
             // Still flooding after being told: a second's worth of dropped messages.
             if self.strikes > self.state.config.limits.messages_per_second {
-                return Err(End::Close(close::RATE_LIMITED, "rate limit exceeded".into()));
+                return Err(End::Close(
+                    close::RATE_LIMITED,
+                    "rate limit exceeded".into(),
+                ));
             }
             return Ok(());
         }
@@ -273,14 +279,16 @@ impl Session {
             // Scope first, so a scoped token cannot probe which KPIs exist.
             if !self.principal.scope.allows(&kpi) {
                 let msg = format!("token may not read KPI {shown:?}");
-                self.error(sink, ErrorCode::Forbidden, &msg, Some(&shown)).await?;
+                self.error(sink, ErrorCode::Forbidden, &msg, Some(&shown))
+                    .await?;
                 continue;
             }
             let rx = match valid_kpi_name(&kpi).then(|| hub.subscribe(&kpi)).flatten() {
                 Some(rx) => rx,
                 None => {
                     let msg = format!("unknown KPI {shown:?}");
-                    self.error(sink, ErrorCode::UnknownKpi, &msg, Some(&shown)).await?;
+                    self.error(sink, ErrorCode::UnknownKpi, &msg, Some(&shown))
+                        .await?;
                     continue;
                 }
             };
@@ -335,7 +343,9 @@ impl Session {
             // The hub dropped the KPI (dropped in the database).
             self.known.remove(kpi);
             let msg = format!("KPI {kpi:?} was dropped");
-            return self.error(sink, ErrorCode::UnknownKpi, &msg, Some(kpi)).await;
+            return self
+                .error(sink, ErrorCode::UnknownKpi, &msg, Some(kpi))
+                .await;
         };
         let Some(sub) = self.known.get_mut(kpi) else {
             return Ok(());
@@ -401,7 +411,10 @@ impl Session {
             }
             Err(_) => Err(End::Close(
                 close::TOO_SLOW,
-                format!("client did not read a message within {} ms", timeout.as_millis()),
+                format!(
+                    "client did not read a message within {} ms",
+                    timeout.as_millis()
+                ),
             )),
         }
     }
@@ -412,10 +425,7 @@ fn read_error(e: &str, limit: usize) -> End {
     // tungstenite reports an oversized message as a capacity error ("Space limit
     // exceeded: Message too long"); axum only exposes it as text.
     if e.contains("Space limit exceeded") || e.contains("too long") || e.contains("too big") {
-        End::Close(
-            close::TOO_BIG,
-            format!("message larger than {limit} bytes"),
-        )
+        End::Close(close::TOO_BIG, format!("message larger than {limit} bytes"))
     } else {
         tracing::debug!(error = %e, "WebSocket read failed");
         End::Gone
@@ -434,7 +444,11 @@ where
         // Close reasons are limited to 123 bytes by the protocol.
         reason: protocol::truncate(reason, 120).into(),
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        sink.send(Message::Close(Some(frame))),
+    )
+    .await;
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
 }
 

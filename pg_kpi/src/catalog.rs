@@ -84,7 +84,11 @@ impl Kpi {
     }
 
     pub fn all() -> KpiResult<Vec<Kpi>> {
-        Spi::connect(|c| c.select(&format!("{SELECT} ORDER BY d.id"), None, &[])?.map(from_row).collect())
+        Spi::connect(|c| {
+            c.select(&format!("{SELECT} ORDER BY d.id"), None, &[])?
+                .map(from_row)
+                .collect()
+        })
     }
 
     pub fn agg_table(&self) -> String {
@@ -100,30 +104,40 @@ impl Kpi {
     }
 
     pub fn measure_index(&self, name: &str) -> KpiResult<usize> {
-        self.measures.iter().position(|m| m.name == name).ok_or_else(|| {
-            KpiError::new(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                format!("KPI \"{}\" has no measure \"{name}\"", self.name),
-                format!(
-                    "Its measures are: {}.",
-                    self.measures.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
-                ),
-            )
-        })
+        self.measures
+            .iter()
+            .position(|m| m.name == name)
+            .ok_or_else(|| {
+                KpiError::new(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                    format!("KPI \"{}\" has no measure \"{name}\"", self.name),
+                    format!(
+                        "Its measures are: {}.",
+                        self.measures
+                            .iter()
+                            .map(|m| m.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })
     }
 
     pub fn dimension_index(&self, name: &str) -> KpiResult<usize> {
-        self.dimensions.iter().position(|d| d == name).ok_or_else(|| {
-            KpiError::new(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                format!("KPI \"{}\" has no dimension \"{name}\"", self.name),
-                if self.dimensions.is_empty() {
-                    "This KPI has no dimensions.".to_string()
-                } else {
-                    format!("Its dimensions are: {}.", self.dimensions.join(", "))
-                },
-            )
-        })
+        self.dimensions
+            .iter()
+            .position(|d| d == name)
+            .ok_or_else(|| {
+                KpiError::new(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                    format!("KPI \"{}\" has no dimension \"{name}\"", self.name),
+                    if self.dimensions.is_empty() {
+                        "This KPI has no dimensions.".to_string()
+                    } else {
+                        format!("Its dimensions are: {}.", self.dimensions.join(", "))
+                    },
+                )
+            })
     }
 
     /// Quoted dimension column names.

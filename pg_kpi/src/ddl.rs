@@ -76,7 +76,13 @@ pub fn create_state_view(k: &Kpi) -> String {
     let names = state_columns(k);
     let agg_cols: Vec<String> = names
         .iter()
-        .map(|c| if c.ends_with("_dirty") { format!("false AS {c}") } else { c.clone() })
+        .map(|c| {
+            if c.ends_with("_dirty") {
+                format!("false AS {c}")
+            } else {
+                c.clone()
+            }
+        })
         .collect();
     let decoded: Vec<String> = decode_entry_columns(k)
         .into_iter()
@@ -156,7 +162,9 @@ pub fn backfill(k: &Kpi) -> String {
             });
         }
     }
-    let group: Vec<String> = (1..=1 + k.dimensions.len()).map(|i| i.to_string()).collect();
+    let group: Vec<String> = (1..=1 + k.dimensions.len())
+        .map(|i| i.to_string())
+        .collect();
     let only = if k.partitioned { "" } else { "ONLY " };
     format!(
         "INSERT INTO {agg} ({cols}) SELECT {sel} FROM {only}{src} r WHERE {counted} GROUP BY {group}",

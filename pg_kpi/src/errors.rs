@@ -34,7 +34,11 @@ impl KpiError {
 
     /// `22023 invalid_parameter_value`: the most common user mistake.
     pub fn invalid(message: impl Into<String>, hint: impl Into<String>) -> Self {
-        Self::new(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message, hint)
+        Self::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            message,
+            hint,
+        )
     }
 
     pub fn undefined_kpi(name: &str) -> Self {

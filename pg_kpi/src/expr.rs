@@ -50,7 +50,11 @@ fn convert(e: CaughtError, what: &str, rel: &str) -> KpiError {
             (ereport.sql_error_code(), ereport.message().to_string())
         }
     };
-    KpiError::new(code, format!("invalid {what}: {message}"), hint_for(what, rel))
+    KpiError::new(
+        code,
+        format!("invalid {what}: {message}"),
+        hint_for(what, rel),
+    )
 }
 
 /// Parses and analyses `text` as one expression over the columns of `relid`.
@@ -59,7 +63,11 @@ fn convert(e: CaughtError, what: &str, rel: &str) -> KpiError {
 pub fn analyze(relid: pg_sys::Oid, text: &str, want: Want, what: &str) -> KpiResult<Analyzed> {
     let rel_name = relation_name(relid);
     let bad = |msg: String| {
-        KpiError::new(PgSqlErrorCode::ERRCODE_SYNTAX_ERROR, msg, hint_for(what, &rel_name))
+        KpiError::new(
+            PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+            msg,
+            hint_for(what, &rel_name),
+        )
     };
     if text.trim().is_empty() {
         return Err(bad(format!("{what} is empty")));
@@ -79,7 +87,11 @@ unsafe fn analyze_unguarded(
     rel_name: &str,
 ) -> KpiResult<Analyzed> {
     let bad = |msg: String| {
-        KpiError::new(PgSqlErrorCode::ERRCODE_SYNTAX_ERROR, msg, hint_for(what, rel_name))
+        KpiError::new(
+            PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
+            msg,
+            hint_for(what, rel_name),
+        )
     };
     let raw_expr = unsafe { single_target(sql) }
         .ok_or_else(|| bad(format!("{what} is not a single SQL expression")))?;
@@ -89,8 +101,14 @@ unsafe fn analyze_unguarded(
         (*pstate).p_sourcetext = sql.as_ptr();
         let lock = pg_sys::AccessShareLock as i32;
         let rel = pg_sys::table_open(relid, lock);
-        let nsitem =
-            pg_sys::addRangeTableEntryForRelation(pstate, rel, lock, std::ptr::null_mut(), false, true);
+        let nsitem = pg_sys::addRangeTableEntryForRelation(
+            pstate,
+            rel,
+            lock,
+            std::ptr::null_mut(),
+            false,
+            true,
+        );
         pg_sys::addNSItemToQuery(pstate, nsitem, false, true, true);
         let mut node = pg_sys::transformExpr(
             pstate,
@@ -132,8 +150,12 @@ unsafe fn analyze_unguarded(
                 }
             }
             Want::Time => {
-                if ![pg_sys::TIMESTAMPTZOID, pg_sys::TIMESTAMPOID, pg_sys::DATEOID]
-                    .contains(&type_oid)
+                if ![
+                    pg_sys::TIMESTAMPTZOID,
+                    pg_sys::TIMESTAMPOID,
+                    pg_sys::DATEOID,
+                ]
+                .contains(&type_oid)
                 {
                     pg_sys::table_close(rel, lock);
                     return Err(KpiError::new(
@@ -182,7 +204,11 @@ unsafe fn analyze_unguarded(
         let deparsed = pg_sys::deparse_expression(node, context, false, false);
         let sql = CStr::from_ptr(deparsed).to_string_lossy().into_owned();
         pg_sys::table_close(rel, lock);
-        Ok(Analyzed { node, type_oid, sql })
+        Ok(Analyzed {
+            node,
+            type_oid,
+            sql,
+        })
     }
 }
 
@@ -292,7 +318,13 @@ impl Evaluator {
     }
 
     /// Analyses `text` against `relid` and compiles it for evaluation.
-    pub fn compile(&self, relid: pg_sys::Oid, text: &str, want: Want, what: &str) -> KpiResult<Compiled> {
+    pub fn compile(
+        &self,
+        relid: pg_sys::Oid,
+        text: &str,
+        want: Want,
+        what: &str,
+    ) -> KpiResult<Compiled> {
         unsafe {
             let old = pg_sys::MemoryContextSwitchTo((*self.estate).es_query_cxt);
             let result = analyze(relid, text, want, what).map(|a| {
@@ -303,7 +335,11 @@ impl Evaluator {
                 let mut is_varlena = false;
                 pg_sys::getTypeOutputInfo(a.type_oid, &mut func, &mut is_varlena);
                 pg_sys::fmgr_info_cxt(func, output, (*self.estate).es_query_cxt);
-                Compiled { state, type_oid: a.type_oid, output }
+                Compiled {
+                    state,
+                    type_oid: a.type_oid,
+                    output,
+                }
             });
             pg_sys::MemoryContextSwitchTo(old);
             result

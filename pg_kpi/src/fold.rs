@@ -18,7 +18,9 @@ const FOLD_LOCK: i64 = 0x70675f6b7069;
 const MAX_PAYLOAD: usize = 7900;
 
 pub fn lock_folds() -> KpiResult<()> {
-    Spi::run(&format!("SELECT pg_catalog.pg_advisory_xact_lock({FOLD_LOCK})"))?;
+    Spi::run(&format!(
+        "SELECT pg_catalog.pg_advisory_xact_lock({FOLD_LOCK})"
+    ))?;
     Ok(())
 }
 
@@ -48,7 +50,11 @@ pub fn fold() -> KpiResult<i64> {
     })?;
     let ids: Vec<i32> = per_kpi.iter().map(|(id, _)| *id).collect();
     // Deltas of KPIs dropped since they were captured are simply discarded.
-    let kpis = if ids.is_empty() { Vec::new() } else { Kpi::by_ids(&ids)? };
+    let kpis = if ids.is_empty() {
+        Vec::new()
+    } else {
+        Kpi::by_ids(&ids)?
+    };
     for kpi in &kpis {
         if let Some((_, entries)) = per_kpi.iter().find(|(id, _)| *id == kpi.id) {
             merge(kpi, entries)?;
@@ -126,7 +132,8 @@ fn merge(k: &Kpi, entries: &str) -> KpiResult<()> {
             .iter()
             .enumerate()
             .filter_map(|(i, _)| {
-                k.rescan_sql(i, "s.bucket", &hi, &dims).map(|sub| format!("_m{i}_val = ({sub})"))
+                k.rescan_sql(i, "s.bucket", &hi, &dims)
+                    .map(|sub| format!("_m{i}_val = ({sub})"))
             })
             .collect();
         let join: Vec<String> = keys
@@ -151,9 +158,18 @@ fn merge(k: &Kpi, entries: &str) -> KpiResult<()> {
 /// Drops buckets older than each KPI's retention.
 fn apply_retention() -> KpiResult<()> {
     let targets: Vec<(i32, String)> = Spi::connect(|c| {
-        c.select("SELECT id, retention::text FROM kpi.definitions WHERE retention IS NOT NULL", None, &[])?
-            .map(|r| Ok((r.get::<i32>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default())))
-            .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
+        c.select(
+            "SELECT id, retention::text FROM kpi.definitions WHERE retention IS NOT NULL",
+            None,
+            &[],
+        )?
+        .map(|r| {
+            Ok((
+                r.get::<i32>(1)?.unwrap_or_default(),
+                r.get::<String>(2)?.unwrap_or_default(),
+            ))
+        })
+        .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
     })?;
     for (id, retention) in targets {
         Spi::run_with_args(
@@ -189,7 +205,10 @@ pub fn notify_versions(versions: &[(String, i64)]) -> KpiResult<()> {
     if payload.len() > MAX_PAYLOAD {
         payload = format!("{{\"seq\":{seq},\"overflow\":true}}");
     }
-    Spi::run_with_args("SELECT pg_catalog.pg_notify('kpi_changes', $1)", &[payload.as_str().into()])?;
+    Spi::run_with_args(
+        "SELECT pg_catalog.pg_notify('kpi_changes', $1)",
+        &[payload.as_str().into()],
+    )?;
     let _ = quote_identifier("");
     Ok(())
 }

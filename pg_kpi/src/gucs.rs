@@ -4,7 +4,8 @@ use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
 /// Databases that get a fold worker (comma-separated). Read at server start.
-pub static DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"postgres"));
+pub static DATABASES: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
 
 /// Minimum time between two folds of one database: batches deltas when writes are busy.
 pub static FOLD_MIN_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(20);

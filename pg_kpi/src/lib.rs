@@ -32,6 +32,11 @@ mod worker;
 
 pgrx::pg_module_magic!();
 
+/// The `kpi` schema. `src/sql/bootstrap.sql` creates it first (so it belongs to the
+/// extension); declaring it here lets `#[pg_extern(schema = "kpi")]` name it.
+#[pg_schema]
+mod kpi {}
+
 extension_sql_file!("sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!("sql/api.sql", name = "api", finalize);
 
@@ -46,7 +51,7 @@ pub extern "C-unwind" fn _PG_init() {
 }
 
 /// Whether this database gets a fold worker: pg_kpi preloaded and the database listed.
-#[pg_extern(name = "_worker_configured", stable)]
+#[pg_extern(schema = "kpi", name = "_worker_configured", stable)]
 fn worker_configured() -> bool {
     if !wake::workers_enabled() {
         return false;
@@ -58,7 +63,6 @@ fn worker_configured() -> bool {
 }
 
 #[cfg(any(test, feature = "pg_test"))]
-#[pg_schema]
 mod tests;
 
 /// Required by `cargo pgrx test`.

@@ -109,7 +109,9 @@ pub fn parse(text: &str) -> KpiResult<Vec<RawMeasure>> {
     }
     let mut out: Vec<RawMeasure> = Vec::new();
     for item in split_top_level(text)? {
-        let (name, call) = item.split_once('=').ok_or_else(|| measure_syntax_error(item))?;
+        let (name, call) = item
+            .split_once('=')
+            .ok_or_else(|| measure_syntax_error(item))?;
         let name = name.trim();
         names::check("measure", name)?;
         if name == "bucket" {
@@ -181,10 +183,9 @@ impl Measure {
         match self.kind {
             Kind::CountStar => vec![],
             Kind::Count => vec![format!("({s})::bigint")],
-            Kind::Sum | Kind::Avg => vec![
-                format!("({s}->>0)::numeric"),
-                format!("({s}->>1)::bigint"),
-            ],
+            Kind::Sum | Kind::Avg => {
+                vec![format!("({s}->>0)::numeric"), format!("({s}->>1)::bigint")]
+            }
             Kind::Min | Kind::Max => vec![format!("({s}->>0)::numeric")],
         }
     }
@@ -199,10 +200,9 @@ impl Measure {
         match self.kind {
             Kind::CountStar => vec![],
             Kind::Count => vec![format!("sum(_m{i}_nn)::bigint")],
-            Kind::Sum | Kind::Avg => vec![
-                format!("sum(_m{i}_sum)"),
-                format!("sum(_m{i}_nn)::bigint"),
-            ],
+            Kind::Sum | Kind::Avg => {
+                vec![format!("sum(_m{i}_sum)"), format!("sum(_m{i}_nn)::bigint")]
+            }
             Kind::Min => vec![format!("min(_m{i}_val)")],
             Kind::Max => vec![format!("max(_m{i}_val)")],
         }
@@ -217,8 +217,12 @@ impl Measure {
                 format!("_m{i}_sum = a._m{i}_sum + excluded._m{i}_sum"),
                 format!("_m{i}_nn = a._m{i}_nn + excluded._m{i}_nn"),
             ],
-            Kind::Min => vec![format!("_m{i}_val = least(a._m{i}_val, excluded._m{i}_val)")],
-            Kind::Max => vec![format!("_m{i}_val = greatest(a._m{i}_val, excluded._m{i}_val)")],
+            Kind::Min => vec![format!(
+                "_m{i}_val = least(a._m{i}_val, excluded._m{i}_val)"
+            )],
+            Kind::Max => vec![format!(
+                "_m{i}_val = greatest(a._m{i}_val, excluded._m{i}_val)"
+            )],
         }
     }
 
@@ -272,8 +276,9 @@ mod tests {
 
     #[pgrx::pg_test]
     fn parses_a_measure_list() {
-        let m = parse("revenue = sum(amount * (quantity + 1)), orders = COUNT(*), x = avg(f(a, b))")
-            .expect("parses");
+        let m =
+            parse("revenue = sum(amount * (quantity + 1)), orders = COUNT(*), x = avg(f(a, b))")
+                .expect("parses");
         assert_eq!(m.len(), 3);
         assert_eq!(m[0].arg.as_deref(), Some("amount * (quantity + 1)"));
         assert_eq!(m[1].kind, Kind::CountStar);

@@ -1,2 +1,323 @@
-//! `#[pg_test]`s of the SQL surface (they run inside a transaction that is rolled back,
-//! so pre-commit capture is covered by the end-to-end tests in tests/).
+//! `#[pg_test]`s of the SQL surface. Each runs in a transaction that pgrx rolls back,
+//! so the pre-commit flush of captured deltas is exercised by the end-to-end tests in
+//! tests/ instead; here, data reaches the views through backfill and `kpi.fold()`.
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::pg_sys;
+    use pgrx::prelude::*;
+
+    /// Runs `sql` in a subtransaction; on error returns (SQLSTATE, message, hint) and rolls
+    /// the subtransaction back, exactly like a PL/pgSQL EXCEPTION block.
+    fn try_sql(sql: &str) -> Result<(), (String, String, Option<String>)> {
+        unsafe {
+            let context = pg_sys::CurrentMemoryContext;
+            let owner = pg_sys::CurrentResourceOwner;
+            pg_sys::BeginInternalSubTransaction(std::ptr::null());
+            PgTryBuilder::new(|| {
+                Spi::run(sql).expect("SPI");
+                pg_sys::ReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(context);
+                pg_sys::CurrentResourceOwner = owner;
+                Ok(())
+            })
+            .catch_others(|e| {
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                pg_sys::MemoryContextSwitchTo(context);
+                pg_sys::CurrentResourceOwner = owner;
+                let report = match &e {
+                    pg_sys::panic::CaughtError::PostgresError(r)
+                    | pg_sys::panic::CaughtError::ErrorReport(r) => r,
+                    pg_sys::panic::CaughtError::RustPanic { ereport, .. } => ereport,
+                };
+                Err((
+                    format!("{:?}", report.sql_error_code()),
+                    report.message().to_string(),
+                    report.hint().map(str::to_string),
+                ))
+            })
+            .execute()
+        }
+    }
+
+    fn setup() {
+        Spi::run(
+            "CREATE TABLE orders (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL,
+                                  region text, channel text, status text, amount numeric(12,2),
+                                  quantity int, note text);
+             CREATE TABLE other (x int);
+             INSERT INTO orders (created_at, region, channel, status, amount, quantity)
+             SELECT now() - g * interval '50 seconds', (ARRAY['eu','us'])[1 + g % 2],
+                    (ARRAY['web','app','store'])[1 + g % 3],
+                    CASE WHEN g % 5 = 0 THEN 'cancelled' ELSE 'paid' END, g % 13 + 0.5, 1 + g % 3
+               FROM generate_series(1, 200) g;",
+        )
+        .expect("setup");
+    }
+
+    fn create_checkout() {
+        Spi::run(
+            "SELECT kpi.create(name => 'checkout', source => 'orders', time_column => 'created_at',
+                measures => 'revenue = sum(amount * quantity), orders = count(*), aov = avg(amount),
+                             lo = min(amount), hi = max(amount), notes = count(note)',
+                dimensions => '{region, channel}', filter => $$status <> 'cancelled'$$)",
+        )
+        .expect("create checkout");
+    }
+
+    /// The oracle: the KPI view equals a GROUP BY recomputation, both ways.
+    fn assert_view_matches_source() {
+        let diff = Spi::get_one::<i64>(
+            "WITH truth AS (
+               SELECT date_bin('1 minute', created_at, '2000-01-01 00:00:00+00') AS bucket, region, channel,
+                      sum(amount * quantity) AS revenue, count(*) AS orders, round(avg(amount), 10) AS aov,
+                      min(amount) AS lo, max(amount) AS hi, count(note) AS notes
+                 FROM orders WHERE status <> 'cancelled' GROUP BY 1, 2, 3),
+             kept AS (SELECT bucket, region, channel, revenue, orders, round(aov, 10), lo, hi, notes FROM kpi.checkout)
+             SELECT (SELECT count(*) FROM (SELECT * FROM truth EXCEPT ALL SELECT * FROM kept) a)
+                  + (SELECT count(*) FROM (SELECT * FROM kept EXCEPT ALL SELECT * FROM truth) b)",
+        )
+        .expect("oracle")
+        .expect("count");
+        assert_eq!(diff, 0, "kpi.checkout differs from its recomputation");
+    }
+
+    #[pg_test]
+    fn backfill_matches_a_recomputation() {
+        setup();
+        create_checkout();
+        assert_view_matches_source();
+        let listed = Spi::get_one::<i64>(
+            "SELECT count(*) FROM kpi.list() WHERE name = 'checkout' AND version = 1",
+        )
+        .expect("list");
+        assert_eq!(listed, Some(1));
+    }
+
+    #[pg_test]
+    fn reads_agree_with_the_view() {
+        setup();
+        create_checkout();
+        let (value, direct) = Spi::get_two::<AnyNumeric, AnyNumeric>(
+            "SELECT kpi.value('checkout', 'revenue', '10 minutes'),
+                    (SELECT sum(revenue) FROM kpi.checkout
+                      WHERE bucket >= date_bin('1 minute', now() - interval '10 minutes', '2000-01-01 00:00:00+00'))",
+        )
+        .expect("value");
+        assert_eq!(value, direct);
+        let eu = Spi::get_two::<AnyNumeric, AnyNumeric>(
+            "SELECT kpi.value('checkout', 'lo', '1 day', '{\"region\": \"eu\"}'),
+                    (SELECT min(lo) FROM kpi.checkout WHERE region = 'eu')",
+        )
+        .expect("value with dims");
+        assert_eq!(eu.0, eu.1);
+        let steps = Spi::get_one::<i64>(
+            "SELECT count(*) FROM kpi.series('checkout', 'orders', now() - interval '2 hours', now(), '10 minutes')",
+        )
+        .expect("series");
+        assert!(matches!(steps, Some(12) | Some(13)), "got {steps:?} steps");
+        let series_total = Spi::get_two::<AnyNumeric, AnyNumeric>(
+            "SELECT (SELECT sum(value) FROM kpi.series('checkout', 'orders', now() - interval '1 day')),
+                    (SELECT sum(orders)::numeric FROM kpi.checkout)",
+        )
+        .expect("series total");
+        assert_eq!(series_total.0, series_total.1);
+        let top = Spi::get_one::<String>(
+            "SELECT dimension_value FROM kpi.top('checkout', 'orders', 'channel', '1 day', 1)",
+        )
+        .expect("top");
+        let expected = Spi::get_one::<String>(
+            "SELECT channel FROM kpi.checkout GROUP BY channel ORDER BY sum(orders) DESC, channel LIMIT 1",
+        )
+        .expect("top truth");
+        assert_eq!(top, expected);
+        let snapshot = Spi::get_one::<pgrx::JsonB>("SELECT kpi.snapshot('checkout')")
+            .expect("snapshot")
+            .expect("not null");
+        let s = snapshot.0;
+        assert_eq!(s["kpi"], "checkout");
+        assert_eq!(s["version"], 1);
+        for m in ["revenue", "orders", "aov", "lo", "hi", "notes"] {
+            for k in ["today", "window", "window_day_ago", "window_week_ago"] {
+                assert!(s["measures"][m].get(k).is_some(), "snapshot lacks {m}.{k}");
+            }
+        }
+    }
+
+    #[pg_test]
+    fn fold_merges_pending_deltas_exactly() {
+        setup();
+        create_checkout();
+        // Deltas as the capture trigger writes them, flushed here by hand because the
+        // pre-commit flush never runs inside a rolled-back test transaction.
+        Spi::run(
+            "INSERT INTO orders (created_at, region, channel, status, amount, quantity)
+             VALUES (now(), 'eu', 'web', 'paid', 100, 2)",
+        )
+        .expect("insert");
+        Spi::run("DELETE FROM orders WHERE amount = (SELECT min(amount) FROM orders WHERE status <> 'cancelled')")
+            .expect("delete");
+        Spi::run("UPDATE orders SET region = 'us' WHERE region = 'eu' AND amount > 10")
+            .expect("update");
+        Spi::run("SELECT kpi._flush_for_tests()").expect("flush");
+        assert_view_matches_source();
+        let folded = Spi::get_one::<i64>("SELECT kpi.fold()")
+            .expect("fold")
+            .expect("count");
+        assert_eq!(folded, 1);
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM kpi.deltas").expect("deltas"),
+            Some(0)
+        );
+        assert_view_matches_source();
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT version FROM kpi.list() WHERE name = 'checkout'")
+                .expect("version"),
+            Some(2)
+        );
+    }
+
+    #[pg_test]
+    fn truncate_resets_the_kpi() {
+        setup();
+        create_checkout();
+        Spi::run("TRUNCATE orders").expect("truncate");
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM kpi.checkout").expect("count"),
+            Some(0)
+        );
+    }
+
+    #[pg_test]
+    fn drop_removes_everything() {
+        setup();
+        create_checkout();
+        Spi::run("SELECT kpi.drop('checkout')").expect("drop");
+        let left = Spi::get_one::<i64>(
+            "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'kpi'::regnamespace
+                       AND relname NOT IN ('definitions', 'deltas', 'notify_seq', 'definitions_pkey',
+                                           'definitions_name_key', 'definitions_id_seq'))
+                  + (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal)
+                  + (SELECT count(*) FROM kpi.list())",
+        )
+        .expect("leftovers");
+        assert_eq!(left, Some(0));
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT kpi.drop('checkout', if_exists => true)").expect("drop"),
+            Some(false)
+        );
+    }
+
+    /// Every bad definition fails with a SQLSTATE, a message and a hint, and leaves the
+    /// catalog, schema kpi and the source's triggers exactly as they were.
+    #[pg_test]
+    fn bad_definitions_are_rejected_cleanly() {
+        setup();
+        create_checkout();
+        let base = "name => 'k2', source => 'orders', time_column => 'created_at'";
+        let cases: Vec<(String, &str)> = vec![
+            ("SELECT kpi.create(name => 'k2', source => 'nope', time_column => 'created_at', measures => 'n = count(*)')".into(), "UNDEFINED_TABLE"),
+            (format!("SELECT kpi.create({base}, measures => 'n = sum(nope)')"), "UNDEFINED_COLUMN"),
+            ("SELECT kpi.create(name => 'k2', source => 'orders', time_column => 'region', measures => 'n = count(*)')".into(), "DATATYPE_MISMATCH"),
+            ("SELECT kpi.create(name => 'k2', source => 'orders', time_column => 'nope', measures => 'n = count(*)')".into(), "UNDEFINED_COLUMN"),
+            (format!("SELECT kpi.create({base}, measures => 'n = sum(note)')"), "DATATYPE_MISMATCH"),
+            (format!("SELECT kpi.create({base}, measures => 'n = avg(region)')"), "DATATYPE_MISMATCH"),
+            (format!("SELECT kpi.create({base}, measures => 'n = sum(amount +)')"), "SYNTAX_ERROR"),
+            (format!("SELECT kpi.create({base}, measures => 'n = sum(other.x)')"), "UNDEFINED_TABLE"),
+            (format!("SELECT kpi.create({base}, measures => 'n = sum((SELECT x FROM other))')"), "FEATURE_NOT_SUPPORTED"),
+            (format!("SELECT kpi.create({base}, measures => 'n = sum(sum(amount))')"), "FEATURE_NOT_SUPPORTED"),
+            (format!("SELECT kpi.create({base}, measures => 'n = count(*)', filter => 'amount')"), "DATATYPE_MISMATCH"),
+            (format!("SELECT kpi.create({base}, measures => 'n = count(*)', filter => 'true; DROP TABLE orders')"), "SYNTAX_ERROR"),
+            (format!("SELECT kpi.create({base}, measures => 'n = count(*)', filter => 'true FROM other')"), "SYNTAX_ERROR"),
+            (format!("SELECT kpi.create({base}, measures => 'n = count(*)', filter => $$true --$$)"), "Ok?"),
+            (format!("SELECT kpi.create({base}, measures => 'n = sum(amount)); DROP TABLE orders; SELECT (1')"), "SYNTAX_ERROR"),
+            (format!("SELECT kpi.create({base}, measures => 'n = sum(amount) -- ')"), "Ok?"),
+            ("SELECT kpi.create(name => 'k2', source => 'orders', time_column => 'created_at); DROP TABLE orders; --', measures => 'n = count(*)')".into(), "UNDEFINED_COLUMN"),
+            (format!("SELECT kpi.create({base}, measures => 'n = count(*)', dimensions => '{{\"region); DROP TABLE orders; --\"}}')"), "UNDEFINED_COLUMN"),
+            ("SELECT kpi.create(name => 'checkout', source => 'orders', time_column => 'created_at', measures => 'n = count(*)')".into(), "DUPLICATE_OBJECT"),
+            (format!("SELECT kpi.create({base}, measures => 'n = count(*), n = sum(amount)')"), "DUPLICATE_COLUMN"),
+            (format!("SELECT kpi.create({base}, measures => 'region = count(*)', dimensions => '{{region}}')"), "DUPLICATE_COLUMN"),
+            ("SELECT kpi.create(name => 'Checkout', source => 'orders', time_column => 'created_at', measures => 'n = count(*)')".into(), "INVALID_NAME"),
+            ("SELECT kpi.create(name => '9lives', source => 'orders', time_column => 'created_at', measures => 'n = count(*)')".into(), "INVALID_NAME"),
+            (format!("SELECT kpi.create(name => '{}', source => 'orders', time_column => 'created_at', measures => 'n = count(*)')", "a".repeat(49)), "INVALID_NAME"),
+            ("SELECT kpi.create(name => '', source => 'orders', time_column => 'created_at', measures => 'n = count(*)')".into(), "INVALID_NAME"),
+            (format!("SELECT kpi.create({base}, measures => 'Bad = count(*)')"), "INVALID_NAME"),
+            (format!("SELECT kpi.create({base}, measures => 'n = count(*)', bucket => '0 seconds')"), "INVALID_PARAMETER_VALUE"),
+            (format!("SELECT kpi.create({base}, measures => 'n = count(*)', bucket => '-1 minute')"), "INVALID_PARAMETER_VALUE"),
+            (format!("SELECT kpi.create({base}, measures => 'n = count(*)', bucket => '1 month')"), "INVALID_PARAMETER_VALUE"),
+            (format!("SELECT kpi.create({base}, measures => 'n = count(*)', bucket => '1 hour', retention => '10 minutes')"), "INVALID_PARAMETER_VALUE"),
+            (format!("SELECT kpi.create({base}, measures => 'n = median(amount)')"), "INVALID_PARAMETER_VALUE"),
+            (format!("SELECT kpi.create({base}, measures => '')"), "INVALID_PARAMETER_VALUE"),
+            (format!("SELECT kpi.create({base}, measures => 'n = count(*)', dimensions => '{{bucket}}')"), "INVALID_PARAMETER_VALUE"),
+            ("SELECT kpi.value('nope', 'x')".into(), "UNDEFINED_OBJECT"),
+            ("SELECT kpi.value('checkout', 'nope')".into(), "UNDEFINED_COLUMN"),
+            ("SELECT kpi.value('checkout', 'orders', '1 hour', '{\"nope\": 1}')".into(), "UNDEFINED_COLUMN"),
+            ("SELECT * FROM kpi.series('checkout', 'orders', now() - interval '1 hour', now(), '90 seconds')".into(), "INVALID_PARAMETER_VALUE"),
+            ("SELECT kpi.drop('nope')".into(), "UNDEFINED_OBJECT"),
+        ];
+        let snapshot = "SELECT (SELECT string_agg(name, ',' ORDER BY name) FROM kpi.list()) || '|' ||
+                               (SELECT count(*) FROM pg_class WHERE relnamespace = 'kpi'::regnamespace) || '|' ||
+                               (SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal) || '|' ||
+                               (SELECT count(*) FROM pg_class WHERE relname = 'orders')";
+        let before = Spi::get_one::<String>(snapshot).expect("snapshot");
+        for (sql, expected) in &cases {
+            match (try_sql(sql), *expected) {
+                (Ok(()), "Ok?") => {
+                    // A trailing comment is harmless once deparsed; drop the KPI again.
+                    Spi::run("SELECT kpi.drop('k2')").expect("drop k2");
+                }
+                (Ok(()), _) => panic!("expected {expected} from {sql}, but it succeeded"),
+                (Err((code, message, hint)), expected) => {
+                    assert!(
+                        code.contains(expected) || expected == "Ok?",
+                        "{sql}: expected {expected}, got {code}: {message}"
+                    );
+                    assert!(
+                        hint.is_some_and(|h| !h.is_empty()),
+                        "{sql}: no hint for {code}: {message}"
+                    );
+                    assert!(!message.is_empty());
+                }
+            }
+            let after = Spi::get_one::<String>(snapshot).expect("snapshot");
+            assert_eq!(before, after, "{sql} left something behind");
+        }
+    }
+
+    #[pg_test]
+    fn non_owners_cannot_define_and_views_are_private() {
+        setup();
+        create_checkout();
+        Spi::run("CREATE ROLE kpi_stranger; GRANT USAGE ON SCHEMA public TO kpi_stranger; GRANT SELECT ON orders TO kpi_stranger")
+            .expect("role");
+        Spi::run("SET ROLE kpi_stranger").expect("set role");
+        let define = try_sql("SELECT kpi.create(name => 'mine', source => 'orders', time_column => 'created_at', measures => 'n = count(*)')");
+        let read = try_sql("SELECT * FROM kpi.checkout");
+        let value = try_sql("SELECT kpi.value('checkout', 'orders')");
+        let listed = Spi::get_one::<i64>("SELECT count(*) FROM kpi.list()").expect("list");
+        Spi::run("RESET ROLE").expect("reset role");
+        assert!(
+            matches!(define, Err((ref c, _, Some(_))) if c.contains("INSUFFICIENT_PRIVILEGE")),
+            "{define:?}"
+        );
+        assert!(
+            matches!(read, Err((ref c, _, _)) if c.contains("INSUFFICIENT_PRIVILEGE")),
+            "{read:?}"
+        );
+        assert!(
+            matches!(value, Err((ref c, _, Some(_))) if c.contains("INSUFFICIENT_PRIVILEGE")),
+            "{value:?}"
+        );
+        assert_eq!(
+            listed,
+            Some(0),
+            "kpi.list() shows KPIs the role cannot read"
+        );
+        Spi::run("GRANT SELECT ON kpi.checkout TO kpi_stranger; SET ROLE kpi_stranger")
+            .expect("grant");
+        let granted =
+            try_sql("SELECT kpi.value('checkout', 'orders'), (SELECT count(*) FROM kpi.checkout)");
+        Spi::run("RESET ROLE").expect("reset role");
+        assert!(granted.is_ok(), "{granted:?}");
+    }
+}

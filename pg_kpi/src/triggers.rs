@@ -19,7 +19,12 @@ fn tree(source: pg_sys::Oid) -> KpiResult<Vec<(pg_sys::Oid, String)>> {
             None,
             &[source.into()],
         )?
-        .map(|r| Ok((r.get(1)?.unwrap_or(pg_sys::InvalidOid), r.get(2)?.unwrap_or_default())))
+        .map(|r| {
+            Ok((
+                r.get(1)?.unwrap_or(pg_sys::InvalidOid),
+                r.get(2)?.unwrap_or_default(),
+            ))
+        })
         .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
     })?)
 }
@@ -60,7 +65,10 @@ pub fn remove_if_unused(k: &Kpi) -> KpiResult<()> {
     if others {
         return Ok(());
     }
-    Spi::run(&format!("DROP TRIGGER IF EXISTS pg_kpi_capture ON {}", k.source_sql))?;
+    Spi::run(&format!(
+        "DROP TRIGGER IF EXISTS pg_kpi_capture ON {}",
+        k.source_sql
+    ))?;
     for (_, name) in tree(k.source)? {
         Spi::run(&format!("DROP TRIGGER IF EXISTS pg_kpi_truncate ON {name}"))?;
     }

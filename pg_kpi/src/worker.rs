@@ -71,8 +71,10 @@ pub extern "C-unwind" fn pg_kpi_fold_worker_main(_arg: pg_sys::Datum) {
 }
 
 fn installed() -> bool {
-    Spi::get_one::<bool>("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_kpi')")
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    Spi::get_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_kpi')",
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false)
 }

@@ -1,5 +1,7 @@
 //! Router tests through `tower::ServiceExt::oneshot`: no socket, no database.
 
+use std::time::Duration;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use futures::StreamExt;
@@ -45,7 +47,11 @@ fn state_with(config: Config, loaded: bool) -> (AppState, shutdown::Trigger) {
     (state, trigger)
 }
 
-async fn get(state: &AppState, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Vec<u8>) {
+async fn get(
+    state: &AppState,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Vec<u8>) {
     let mut req = Request::get(uri);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -56,7 +62,9 @@ async fn get(state: &AppState, uri: &str, headers: &[(&str, &str)]) -> (StatusCo
         .unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
     (status, headers, body.to_vec())
 }
 
@@ -69,17 +77,32 @@ fn error_code(body: &[u8]) -> String {
 async fn health_ready_metrics_and_404() {
     let (state, _t) = state_with(config(), false);
     let (s, _, b) = get(&state, "/healthz", &[]).await;
-    assert_eq!((s, serde_json::from_slice::<Value>(&b).unwrap()["status"].clone()), (StatusCode::OK, json!("ok")));
+    assert_eq!(
+        (
+            s,
+            serde_json::from_slice::<Value>(&b).unwrap()["status"].clone()
+        ),
+        (StatusCode::OK, json!("ok"))
+    );
     let (s, _, b) = get(&state, "/readyz", &[]).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(serde_json::from_slice::<Value>(&b).unwrap()["ready"], false);
     let (s, _, b) = get(&state, "/nope", &[]).await;
-    assert_eq!((s, error_code(&b)), (StatusCode::NOT_FOUND, "not_found".into()));
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
     let (s, h, b) = get(&state, "/metrics", &[]).await;
     assert_eq!(s, StatusCode::OK);
-    assert!(h[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/plain"));
+    assert!(h[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     let text = String::from_utf8(b).unwrap();
-    assert!(text.contains("kpi_notifier_http_errors_total{code=\"not_found\"} 1"), "{text}");
+    assert!(
+        text.contains("kpi_notifier_http_errors_total{code=\"not_found\"} 1"),
+        "{text}"
+    );
     let (s, _, b) = get(&state, "/", &[]).await;
     assert_eq!(s, StatusCode::OK);
     assert!(String::from_utf8(b).unwrap().contains("pg_kpi notifier"));
@@ -89,36 +112,82 @@ async fn health_ready_metrics_and_404() {
 async fn api_auth_and_scope() {
     let (state, _t) = state_with(config(), true);
     let (s, _, b) = get(&state, "/api/kpis/a", &[]).await;
-    assert_eq!((s, error_code(&b)), (StatusCode::UNAUTHORIZED, "unauthorized".into()));
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::UNAUTHORIZED, "unauthorized".into())
+    );
     let (s, _, b) = get(&state, "/api/kpis/a?token=forged", &[]).await;
-    assert_eq!((s, error_code(&b)), (StatusCode::UNAUTHORIZED, "unauthorized".into()));
-    let (s, _, b) = get(&state, "/api/kpis/a", &[("authorization", &format!("Bearer {ONLY_B}"))]).await;
-    assert_eq!((s, error_code(&b)), (StatusCode::FORBIDDEN, "forbidden".into()));
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::UNAUTHORIZED, "unauthorized".into())
+    );
+    let (s, _, b) = get(
+        &state,
+        "/api/kpis/a",
+        &[("authorization", &format!("Bearer {ONLY_B}"))],
+    )
+    .await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::FORBIDDEN, "forbidden".into())
+    );
     let (s, h, b) = get(&state, &format!("/api/kpis/b?token={ONLY_B}"), &[]).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(h[header::CONTENT_TYPE], "application/json");
     let v: Value = serde_json::from_slice(&b).unwrap();
-    assert_eq!((v["type"].as_str(), v["kpi"].as_str(), v["version"].as_i64()), (Some("snapshot"), Some("b"), Some(9)));
+    assert_eq!(
+        (v["type"].as_str(), v["kpi"].as_str(), v["version"].as_i64()),
+        (Some("snapshot"), Some("b"), Some(9))
+    );
     let (s, _, b) = get(&state, &format!("/api/kpis/zzz?token={ALL}"), &[]).await;
-    assert_eq!((s, error_code(&b)), (StatusCode::NOT_FOUND, "unknown_kpi".into()));
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::NOT_FOUND, "unknown_kpi".into())
+    );
     let (s, _, b) = get(&state, &format!("/api/kpis/a/series?token={ALL}"), &[]).await;
-    assert_eq!((s, error_code(&b)), (StatusCode::BAD_REQUEST, "bad_request".into()));
-    let (s, _, b) = get(&state, &format!("/api/kpis/a/series?token={ALL}&measure=n&since=yesterday"), &[]).await;
-    assert_eq!((s, error_code(&b)), (StatusCode::BAD_REQUEST, "bad_request".into()));
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::BAD_REQUEST, "bad_request".into())
+    );
+    let (s, _, b) = get(
+        &state,
+        &format!("/api/kpis/a/series?token={ALL}&measure=n&since=yesterday"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::BAD_REQUEST, "bad_request".into())
+    );
     let (_, _, b) = get(&state, "/metrics", &[]).await;
     let text = String::from_utf8(b).unwrap();
-    assert!(text.contains("kpi_notifier_rejected_total{reason=\"token_missing\"} 1"), "{text}");
-    assert!(text.contains("kpi_notifier_rejected_total{reason=\"token_invalid\"} 1"), "{text}");
-    assert!(text.contains("kpi_notifier_rejected_total{reason=\"forbidden\"} 1"), "{text}");
+    assert!(
+        text.contains("kpi_notifier_rejected_total{reason=\"token_missing\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kpi_notifier_rejected_total{reason=\"token_invalid\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kpi_notifier_rejected_total{reason=\"forbidden\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn not_ready_answers_503_for_kpi_reads() {
     let (state, _t) = state_with(config(), false);
     let (s, _, b) = get(&state, &format!("/api/kpis/a?token={ALL}"), &[]).await;
-    assert_eq!((s, error_code(&b)), (StatusCode::SERVICE_UNAVAILABLE, "not_ready".into()));
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready".into())
+    );
     let (s, _, b) = get(&state, &format!("/sse?kpi=a&token={ALL}"), &[]).await;
-    assert_eq!((s, error_code(&b)), (StatusCode::SERVICE_UNAVAILABLE, "not_ready".into()));
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready".into())
+    );
 }
 
 #[tokio::test]
@@ -126,12 +195,26 @@ async fn origin_allow_list_and_cors() {
     let (state, _t) = state_with(config(), true);
     let uri = format!("/api/kpis/a?token={ALL}");
     let (s, _, b) = get(&state, &uri, &[("origin", "https://evil.example")]).await;
-    assert_eq!((s, error_code(&b)), (StatusCode::FORBIDDEN, "origin_not_allowed".into()));
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::FORBIDDEN, "origin_not_allowed".into())
+    );
     let (s, h, _) = get(&state, &uri, &[("origin", "https://dash.example")]).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(h[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://dash.example");
+    assert_eq!(
+        h[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://dash.example"
+    );
     // Same origin: a page served by the notifier itself.
-    let (s, _, _) = get(&state, &uri, &[("origin", "http://kpi.internal:8080"), ("host", "kpi.internal:8080")]).await;
+    let (s, _, _) = get(
+        &state,
+        &uri,
+        &[
+            ("origin", "http://kpi.internal:8080"),
+            ("host", "kpi.internal:8080"),
+        ],
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     let (s, _, _) = get(&state, &uri, &[("origin", "null")]).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
@@ -141,18 +224,41 @@ async fn origin_allow_list_and_cors() {
 async fn ws_endpoint_needs_an_upgrade() {
     let (state, _t) = state_with(config(), true);
     let (s, _, b) = get(&state, "/ws", &[]).await;
-    assert_eq!((s, error_code(&b)), (StatusCode::BAD_REQUEST, "not_websocket".into()));
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::BAD_REQUEST, "not_websocket".into())
+    );
 }
 
 #[tokio::test]
 async fn sse_refusals() {
     let (state, _t) = state_with(config(), true);
     for (uri, status, code) in [
-        (format!("/sse?token={ALL}"), StatusCode::BAD_REQUEST, "bad_request"),
-        (format!("/sse?kpi=a"), StatusCode::UNAUTHORIZED, "unauthorized"),
-        (format!("/sse?kpi=zzz&token={ALL}"), StatusCode::NOT_FOUND, "unknown_kpi"),
-        (format!("/sse?kpi=a,b&token={ONLY_B}"), StatusCode::FORBIDDEN, "forbidden"),
-        (format!("/sse?kpi=a&token={ALL}&last_event_id=x"), StatusCode::BAD_REQUEST, "bad_last_event_id"),
+        (
+            format!("/sse?token={ALL}"),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/sse?kpi=a".to_string(),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            format!("/sse?kpi=zzz&token={ALL}"),
+            StatusCode::NOT_FOUND,
+            "unknown_kpi",
+        ),
+        (
+            format!("/sse?kpi=a,b&token={ONLY_B}"),
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        ),
+        (
+            format!("/sse?kpi=a&token={ALL}&last_event_id=x"),
+            StatusCode::BAD_REQUEST,
+            "bad_last_event_id",
+        ),
     ] {
         let (s, _, b) = get(&state, &uri, &[]).await;
         assert_eq!((s, error_code(&b)), (status, code.to_string()), "{uri}");
@@ -193,7 +299,9 @@ async fn sse_events(body: Body, n: usize) -> Vec<(Option<String>, Value)> {
 #[tokio::test]
 async fn sse_streams_snapshots_updates_and_resumes() {
     let (state, trigger) = state_with(config(), true);
-    let req = Request::get(format!("/sse?kpi=a,b&token={ALL}")).body(Body::empty()).unwrap();
+    let req = Request::get(format!("/sse?kpi=a,b&token={ALL}"))
+        .body(Body::empty())
+        .unwrap();
     let resp = app(state.clone()).oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
@@ -202,7 +310,9 @@ async fn sse_streams_snapshots_updates_and_resumes() {
     let events = tokio::spawn(async move { sse_events(body, 3).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let data = json!({"kpi":"a","version":4}).to_string();
-    publisher.hub.publish(Snapshot::new("a", 4, &data, None).unwrap());
+    publisher
+        .hub
+        .publish(Snapshot::new("a", 4, &data, None).unwrap());
     let events = events.await.unwrap();
     assert_eq!(events[0].1["type"], "snapshot");
     assert_eq!(events[1].1["type"], "snapshot");
@@ -217,10 +327,15 @@ async fn sse_streams_snapshots_updates_and_resumes() {
         .unwrap();
     let resp = app(state.clone()).oneshot(req).await.unwrap();
     let events = sse_events(resp.into_body(), 1).await;
-    assert_eq!((events[0].1["kpi"].as_str(), events[0].1["version"].as_i64()), (Some("b"), Some(9)));
+    assert_eq!(
+        (events[0].1["kpi"].as_str(), events[0].1["version"].as_i64()),
+        (Some("b"), Some(9))
+    );
 
     // Single KPI: the id is the bare version.
-    let req = Request::get(format!("/sse?kpi=b&token={ALL}")).body(Body::empty()).unwrap();
+    let req = Request::get(format!("/sse?kpi=b&token={ALL}"))
+        .body(Body::empty())
+        .unwrap();
     let resp = app(state.clone()).oneshot(req).await.unwrap();
     let events = sse_events(resp.into_body(), 1).await;
     assert_eq!(events[0].0.as_deref(), Some("9"));
@@ -232,13 +347,23 @@ async fn connection_limit() {
     let mut c = config();
     c.limits.max_connections = 1;
     let (state, _t) = state_with(c, true);
-    let req = Request::get(format!("/sse?kpi=a&token={ALL}")).body(Body::empty()).unwrap();
+    let req = Request::get(format!("/sse?kpi=a&token={ALL}"))
+        .body(Body::empty())
+        .unwrap();
     let held = app(state.clone()).oneshot(req).await.unwrap();
     assert_eq!(held.status(), StatusCode::OK);
     let (s, _, b) = get(&state, &format!("/sse?kpi=a&token={ALL}"), &[]).await;
-    assert_eq!((s, error_code(&b)), (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections".into()));
+    assert_eq!(
+        (s, error_code(&b)),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections".into()
+        )
+    );
     drop(held);
-    let req = Request::get(format!("/sse?kpi=b&token={ALL}")).body(Body::empty()).unwrap();
+    let req = Request::get(format!("/sse?kpi=b&token={ALL}"))
+        .body(Body::empty())
+        .unwrap();
     let again = app(state.clone()).oneshot(req).await.unwrap();
     assert_eq!(again.status(), StatusCode::OK, "the slot was released");
 }

@@ -107,7 +107,10 @@ async fn snapshot_then_updates_then_pong() {
     assert_eq!(v["data"]["measures"]["n"]["today"], 1);
     publish(&h.state, "a", 2);
     let v = h.json().await;
-    assert_eq!((v["type"].as_str(), v["version"].as_i64()), (Some("update"), Some(2)));
+    assert_eq!(
+        (v["type"].as_str(), v["version"].as_i64()),
+        (Some("update"), Some(2))
+    );
     h.send(json!({"op":"ping"})).await;
     assert_eq!(h.json().await, json!({"type":"pong"}));
     h.send(json!({"op":"unsubscribe","kpis":["a"]})).await;
@@ -120,17 +123,25 @@ async fn snapshot_then_updates_then_pong() {
 #[tokio::test]
 async fn since_at_or_above_current_waits_for_a_change() {
     let mut h = harness();
-    h.send(json!({"op":"subscribe","kpis":["a","b"],"since":{"a":1,"b":3}})).await;
+    h.send(json!({"op":"subscribe","kpis":["a","b"],"since":{"a":1,"b":3}}))
+        .await;
     let v = h.json().await;
-    assert_eq!((v["kpi"].as_str(), v["type"].as_str(), v["version"].as_i64()), (Some("b"), Some("snapshot"), Some(7)));
+    assert_eq!(
+        (v["kpi"].as_str(), v["type"].as_str(), v["version"].as_i64()),
+        (Some("b"), Some("snapshot"), Some(7))
+    );
     h.silent_for(150).await;
     publish(&h.state, "a", 2);
     let v = h.json().await;
-    assert_eq!((v["kpi"].as_str(), v["type"].as_str(), v["version"].as_i64()), (Some("a"), Some("update"), Some(2)));
+    assert_eq!(
+        (v["kpi"].as_str(), v["type"].as_str(), v["version"].as_i64()),
+        (Some("a"), Some("update"), Some(2))
+    );
 
     // A client ahead of this replica (since 10) skips versions up to 10.
     let mut h = harness();
-    h.send(json!({"op":"subscribe","kpis":["a"],"since":{"a":10}})).await;
+    h.send(json!({"op":"subscribe","kpis":["a"],"since":{"a":10}}))
+        .await;
     publish(&h.state, "a", 5);
     h.silent_for(150).await;
     publish(&h.state, "a", 11);
@@ -146,10 +157,14 @@ async fn refusals_keep_the_connection_open() {
     );
     h.send(json!({"op":"subscribe","kpis":["b"]})).await;
     let v = h.json().await;
-    assert_eq!((v["type"].as_str(), v["code"].as_str(), v["kpi"].as_str()), (Some("error"), Some("forbidden"), Some("b")));
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str(), v["kpi"].as_str()),
+        (Some("error"), Some("forbidden"), Some("b"))
+    );
     h.send(json!({"op":"subscribe","kpis":["nope"]})).await;
     assert_eq!(h.json().await["code"], "unknown_kpi");
-    h.send(json!({"op":"subscribe","kpis":["a"],"since":{"a":-4}})).await;
+    h.send(json!({"op":"subscribe","kpis":["a"],"since":{"a":-4}}))
+        .await;
     assert_eq!(h.json().await["code"], "bad_since");
     h.send(json!({"op":"dance"})).await;
     assert_eq!(h.json().await["code"], "unknown_op");
@@ -190,7 +205,10 @@ async fn subscription_limit() {
     h.send(json!({"op":"subscribe","kpis":["a","b"]})).await;
     assert_eq!(h.json().await["type"], "snapshot");
     let v = h.json().await;
-    assert_eq!((v["code"].as_str(), v["kpi"].as_str()), (Some("too_many_subscriptions"), Some("b")));
+    assert_eq!(
+        (v["code"].as_str(), v["kpi"].as_str()),
+        (Some("too_many_subscriptions"), Some("b"))
+    );
     // Re-subscribing to a KPI already held is not a new subscription.
     h.send(json!({"op":"subscribe","kpis":["a"]})).await;
     assert_eq!(h.json().await["type"], "snapshot");
@@ -253,7 +271,10 @@ async fn shutdown_closes_1001_and_dropped_kpis_are_reported() {
     h.json().await;
     h.state.hub.retain(&["b".to_string()].into());
     let v = h.json().await;
-    assert_eq!((v["code"].as_str(), v["kpi"].as_str()), (Some("unknown_kpi"), Some("a")));
+    assert_eq!(
+        (v["code"].as_str(), v["kpi"].as_str()),
+        (Some("unknown_kpi"), Some("a"))
+    );
     h._trigger.fire();
     assert_eq!(h.close_code().await, close::GOING_AWAY);
 }
@@ -266,7 +287,9 @@ async fn not_ready_before_the_first_load() {
     let (tx, mut from_server) = mpsc::channel(8);
     tokio::spawn(Session::new(state, Principal::anonymous()).run(tx, rx));
     to_server
-        .send(Ok::<_, Infallible>(Message::Text(json!({"op":"subscribe","kpis":["a"]}).to_string().into())))
+        .send(Ok::<_, Infallible>(Message::Text(
+            json!({"op":"subscribe","kpis":["a"]}).to_string().into(),
+        )))
         .await
         .unwrap();
     let Some(Message::Text(t)) = from_server.next().await else {
@@ -279,8 +302,14 @@ async fn not_ready_before_the_first_load() {
 #[tokio::test]
 async fn oversized_and_broken_reads_map_to_close_codes() {
     assert!(matches!(
-        read_error("Space limit exceeded: Message too long: 10485760 > 65536", 65536),
+        read_error(
+            "Space limit exceeded: Message too long: 10485760 > 65536",
+            65536
+        ),
         End::Close(close::TOO_BIG, _)
     ));
-    assert!(matches!(read_error("Connection reset without closing handshake", 1), End::Gone));
+    assert!(matches!(
+        read_error("Connection reset without closing handshake", 1),
+        End::Gone
+    ));
 }

@@ -18,7 +18,7 @@ fn interval_us(i: &Interval) -> (i32, i64) {
 }
 
 #[allow(clippy::too_many_arguments)]
-#[pg_extern(name = "_create", volatile, parallel_unsafe)]
+#[pg_extern(schema = "kpi", name = "_create", volatile, parallel_unsafe)]
 fn create(
     name: &str,
     source: pg_sys::Oid,
@@ -30,8 +30,38 @@ fn create(
     retention: Option<Interval>,
     backfill: bool,
 ) -> i32 {
-    create_kpi(name, source, time_column, measures, dimensions, filter, bucket, retention, backfill)
-        .or_raise()
+    create_kpi(
+        name,
+        source,
+        time_column,
+        measures,
+        dimensions,
+        filter,
+        bucket,
+        retention,
+        backfill,
+    )
+    .or_raise()
+}
+
+/// Resolves a table name the way `::regclass` does, with a hint when it does not exist.
+#[pg_extern(schema = "kpi", name = "_resolve_table", stable, strict)]
+fn resolve_table(name: &str) -> pg_sys::Oid {
+    let found = PgTryBuilder::new(|| {
+        Spi::get_one_with_args::<pg_sys::Oid>("SELECT to_regclass($1)::oid", &[name.into()])
+            .ok()
+            .flatten()
+    })
+    .catch_others(|_| None)
+    .execute();
+    found.unwrap_or_else(|| {
+        KpiError::new(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("table \"{name}\" does not exist"),
+            "Name an existing table, schema-qualified if it is not on the search_path (e.g. 'public.orders').",
+        )
+        .raise()
+    })
 }
 
 struct Validated {
@@ -49,10 +79,18 @@ fn validate(
     dimensions: &[String],
     filter: Option<&str>,
 ) -> KpiResult<Validated> {
-    let time = analyze(source, &quote_identifier(time_column), Want::Time, "time column")?;
+    let time = analyze(
+        source,
+        &quote_identifier(time_column),
+        Want::Time,
+        "time column",
+    )?;
     let mut dimension_types = Vec::new();
     for (i, d) in dimensions.iter().enumerate() {
-        if d == "bucket" || d == "_n" || (d.starts_with("_m") && d[2..].starts_with(|c: char| c.is_ascii_digit())) {
+        if d == "bucket"
+            || d == "_n"
+            || (d.starts_with("_m") && d[2..].starts_with(|c: char| c.is_ascii_digit()))
+        {
             return Err(KpiError::invalid(
                 format!("\"{d}\" cannot be a dimension"),
                 "\"bucket\", \"_n\" and \"_m<digit>…\" are reserved by pg_kpi; rename the column or use another one.",
@@ -65,7 +103,12 @@ fn validate(
                 "List each dimension column once.",
             ));
         }
-        let a = analyze(source, &quote_identifier(d), Want::Any, &format!("dimension \"{d}\""))?;
+        let a = analyze(
+            source,
+            &quote_identifier(d),
+            Want::Any,
+            &format!("dimension \"{d}\""),
+        )?;
         dimension_types.push(type_name(a.type_oid));
     }
     let filter = match filter.map(str::trim).filter(|f| !f.is_empty()) {
@@ -83,15 +126,28 @@ fn validate(
         }
         let expr = match &raw.arg {
             Some(arg) => {
-                let want = if raw.kind.numeric_arg() { Want::Numeric } else { Want::Any };
+                let want = if raw.kind.numeric_arg() {
+                    Want::Numeric
+                } else {
+                    Want::Any
+                };
                 Some(analyze(source, arg, want, &format!("measure \"{}\"", raw.name))?.sql)
             }
             None => None,
         };
-        measures.push(Measure { name: raw.name, kind: raw.kind, expr });
+        measures.push(Measure {
+            name: raw.name,
+            kind: raw.kind,
+            expr,
+        });
     }
     let _ = source_name;
-    Ok(Validated { time_type: time.type_oid, dimension_types, filter, measures })
+    Ok(Validated {
+        time_type: time.type_oid,
+        dimension_types,
+        filter,
+        measures,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -107,7 +163,10 @@ pub fn create_kpi(
     backfill: bool,
 ) -> KpiResult<i32> {
     names::check("KPI", name)?;
-    let dimensions: Vec<String> = dimensions.into_iter().map(|d| d.trim().to_string()).collect();
+    let dimensions: Vec<String> = dimensions
+        .into_iter()
+        .map(|d| d.trim().to_string())
+        .collect();
     let (months, bucket_us) = interval_us(&bucket);
     if months != 0 || bucket_us <= 0 {
         return Err(KpiError::invalid(
@@ -141,7 +200,14 @@ pub fn create_kpi(
         }
     }
     check_can_define(source, &source_name)?;
-    let v = validate(source, &source_name, time_column, measures_text, &dimensions, filter)?;
+    let v = validate(
+        source,
+        &source_name,
+        time_column,
+        measures_text,
+        &dimensions,
+        filter,
+    )?;
 
     // Block writers for the rest of the transaction: the backfill must see exactly the
     // rows committed before the trigger exists, no more, no less.
@@ -151,7 +217,9 @@ pub fn create_kpi(
         &[source.into()],
     )?
     .unwrap_or_default();
-    Spi::run(&format!("LOCK TABLE {lock_target} IN SHARE ROW EXCLUSIVE MODE"))?;
+    Spi::run(&format!(
+        "LOCK TABLE {lock_target} IN SHARE ROW EXCLUSIVE MODE"
+    ))?;
 
     let owner = current_user();
     let id = as_extension_owner(|| -> KpiResult<i32> {
@@ -204,7 +272,10 @@ pub fn create_kpi(
         )?
         .unwrap_or_default();
         Spi::run(&format!("REVOKE ALL ON {} FROM PUBLIC", kpi.view()))?;
-        Spi::run(&format!("GRANT SELECT ON {} TO {role} WITH GRANT OPTION", kpi.view()))?;
+        Spi::run(&format!(
+            "GRANT SELECT ON {} TO {role} WITH GRANT OPTION",
+            kpi.view()
+        ))?;
         triggers::install(&kpi)?;
         if backfill {
             Spi::run(&ddl::backfill(&kpi))?;

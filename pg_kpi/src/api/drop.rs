@@ -7,7 +7,7 @@ use crate::privileges::{as_extension_owner, current_user};
 use crate::triggers;
 use pgrx::prelude::*;
 
-#[pg_extern(name = "_drop", volatile, parallel_unsafe)]
+#[pg_extern(schema = "kpi", name = "_drop", volatile, parallel_unsafe)]
 fn drop_kpi(name: &str, if_exists: bool) -> bool {
     drop_by_name(name, if_exists).or_raise()
 }
@@ -18,7 +18,8 @@ fn drop_by_name(name: &str, if_exists: bool) -> KpiResult<bool> {
         Err(_) if if_exists => return Ok(false),
         Err(e) => return Err(e),
     };
-    let allowed = unsafe { pg_sys::superuser() } || kpi.owner == current_user()
+    let allowed = unsafe { pg_sys::superuser() }
+        || kpi.owner == current_user()
         || unsafe { pg_sys::pg_class_ownercheck(kpi.source, current_user()) };
     if !allowed {
         return Err(KpiError::new(
@@ -31,7 +32,10 @@ fn drop_by_name(name: &str, if_exists: bool) -> KpiResult<bool> {
         Spi::run(&format!("DROP VIEW IF EXISTS {}", kpi.view()))?;
         Spi::run(&format!("DROP VIEW IF EXISTS {}", kpi.state_view()))?;
         Spi::run(&format!("DROP TABLE IF EXISTS {}", kpi.agg_table()))?;
-        Spi::run_with_args("DELETE FROM kpi.definitions WHERE id = $1", &[kpi.id.into()])?;
+        Spi::run_with_args(
+            "DELETE FROM kpi.definitions WHERE id = $1",
+            &[kpi.id.into()],
+        )?;
         triggers::remove_if_unused(&kpi)?;
         Ok(())
     })?;

@@ -4,7 +4,7 @@ use crate::errors::OrRaise;
 use crate::privileges::as_extension_owner;
 use pgrx::prelude::*;
 
-#[pg_extern(name = "_fold", volatile, parallel_unsafe)]
+#[pg_extern(schema = "kpi", name = "_fold", volatile, parallel_unsafe)]
 fn fold_now() -> i64 {
     as_extension_owner(crate::fold::fold).or_raise()
 }

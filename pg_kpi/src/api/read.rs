@@ -82,8 +82,13 @@ struct Query<'a> {
 
 impl Query<'_> {
     fn measure(&self, i: usize) -> String {
-        let rescan = self.k.rescan_sql(i, &self.group_lo, &self.group_hi, &self.dims_source);
-        format!("({})::numeric", self.k.measures[i].finalize_sql(i, rescan.as_deref()))
+        let rescan = self
+            .k
+            .rescan_sql(i, &self.group_lo, &self.group_hi, &self.dims_source);
+        format!(
+            "({})::numeric",
+            self.k.measures[i].finalize_sql(i, rescan.as_deref())
+        )
     }
 
     fn from(&self) -> String {
@@ -107,21 +112,35 @@ fn window_bounds(k: &Kpi, end: &str, window: &str) -> (String, String) {
     )
 }
 
-#[pg_extern(name = "_value", stable, parallel_safe)]
+#[pg_extern(schema = "kpi", name = "_value", stable, parallel_safe)]
 fn value(name: &str, measure: &str, window: Interval, dims: JsonB) -> Option<AnyNumeric> {
     (|| -> KpiResult<Option<AnyNumeric>> {
         let k = readable(name)?;
         let i = k.measure_index(measure)?;
         let (dims_state, dims_source) = dims_filter(&k, &dims.0)?;
         let (lo, hi) = window_bounds(&k, "now()", "$1");
-        let q = Query { k: &k, lo: lo.clone(), hi: hi.clone(), group: "0".into(), group_lo: lo, group_hi: hi, dims_state, dims_source };
+        let q = Query {
+            k: &k,
+            lo: lo.clone(),
+            hi: hi.clone(),
+            group: "0".into(),
+            group_lo: lo,
+            group_hi: hi,
+            dims_state,
+            dims_source,
+        };
         let sql = format!("SELECT {} FROM {}", q.measure(i), q.from());
-        as_extension_owner(|| Ok(Spi::get_one_with_args::<AnyNumeric>(&sql, &[window.into()])?))
+        as_extension_owner(|| {
+            Ok(Spi::get_one_with_args::<AnyNumeric>(
+                &sql,
+                &[window.into()],
+            )?)
+        })
     })()
     .or_raise()
 }
 
-#[pg_extern(name = "_series", stable, parallel_safe)]
+#[pg_extern(schema = "kpi", name = "_series", stable, parallel_safe)]
 fn series(
     name: &str,
     measure: &str,
@@ -129,7 +148,13 @@ fn series(
     until: TimestampWithTimeZone,
     step: Option<Interval>,
     dims: JsonB,
-) -> TableIterator<'static, (name!(bucket, TimestampWithTimeZone), name!(value, Option<AnyNumeric>))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(bucket, TimestampWithTimeZone),
+        name!(value, Option<AnyNumeric>),
+    ),
+> {
     let rows = (|| -> KpiResult<Vec<(TimestampWithTimeZone, Option<AnyNumeric>)>> {
         let k = readable(name)?;
         let i = k.measure_index(measure)?;
@@ -177,14 +202,20 @@ fn series(
     TableIterator::new(rows)
 }
 
-#[pg_extern(name = "_top", stable, parallel_safe)]
+#[pg_extern(schema = "kpi", name = "_top", stable, parallel_safe)]
 fn top(
     name: &str,
     measure: &str,
     dimension: &str,
     window: Interval,
     n: i32,
-) -> TableIterator<'static, (name!(dimension_value, Option<String>), name!(value, Option<AnyNumeric>))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(dimension_value, Option<String>),
+        name!(value, Option<AnyNumeric>),
+    ),
+> {
     let rows = (|| -> KpiResult<Vec<(Option<String>, Option<AnyNumeric>)>> {
         let k = readable(name)?;
         let i = k.measure_index(measure)?;
@@ -220,7 +251,7 @@ fn top(
 }
 
 /// Everything a dashboard card needs, in one jsonb (see docs/sql-contract.md).
-#[pg_extern(name = "_snapshot", stable, parallel_safe)]
+#[pg_extern(schema = "kpi", name = "_snapshot", stable, parallel_safe)]
 fn snapshot(name: &str) -> JsonB {
     (|| -> KpiResult<JsonB> {
         let k = readable(name)?;
@@ -269,7 +300,7 @@ fn snapshot(name: &str) -> JsonB {
 }
 
 /// Turns the capture trigger's bucket (µs since 2000-01-01 UTC) into a timestamptz.
-#[pg_extern(name = "_bucket_ts", immutable, strict, parallel_safe)]
+#[pg_extern(schema = "kpi", name = "_bucket_ts", immutable, strict, parallel_safe)]
 fn bucket_ts(us: i64) -> TimestampWithTimeZone {
     // SAFETY: a timestamptz datum is exactly microseconds since 2000-01-01 UTC.
     unsafe {

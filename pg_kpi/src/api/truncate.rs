@@ -6,12 +6,12 @@
 //! recomputed in one scan (instant when the whole table was truncated).
 
 use crate::catalog::Kpi;
+use crate::ddl;
 use crate::errors::{KpiResult, OrRaise};
 use crate::privileges::as_extension_owner;
-use crate::ddl;
 use pgrx::prelude::*;
 
-#[pg_extern(name = "_reset_source", volatile, parallel_unsafe)]
+#[pg_extern(schema = "kpi", name = "_reset_source", volatile, parallel_unsafe)]
 fn reset_source(rel: pg_sys::Oid) {
     as_extension_owner(|| reset(rel)).or_raise()
 }
@@ -20,7 +20,8 @@ fn reset(rel: pg_sys::Oid) -> KpiResult<()> {
     let ids: Vec<i32> = Spi::connect(|c| {
         c.select(
             "SELECT id FROM kpi.definitions
-              WHERE source::oid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors($1))",
+              WHERE source::oid = $1
+                 OR source::oid IN (SELECT relid FROM pg_catalog.pg_partition_ancestors($1))",
             None,
             &[rel.into()],
         )?
@@ -35,7 +36,10 @@ fn reset(rel: pg_sys::Oid) -> KpiResult<()> {
     crate::fold::lock_folds()?;
     let mut bumped = Vec::new();
     for kpi in Kpi::by_ids(&ids)? {
-        Spi::run(&format!("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE", kpi.source_sql))?;
+        Spi::run(&format!(
+            "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+            kpi.source_sql
+        ))?;
         Spi::run_with_args(
             "UPDATE kpi.deltas SET batch = batch - $1 WHERE batch ? $1",
             &[kpi.id.to_string().into()],

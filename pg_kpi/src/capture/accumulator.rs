@@ -27,7 +27,11 @@ pub enum State {
     /// sum/avg: net sum of non-null values and their net count.
     Sum { sum: Decimal, nn: i64 },
     /// min/max of added values; `dirty` when a value was removed (the extreme may be gone).
-    Extreme { val: Option<Decimal>, dirty: bool, is_min: bool },
+    Extreme {
+        val: Option<Decimal>,
+        dirty: bool,
+        is_min: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -191,14 +195,26 @@ mod tests {
     use super::*;
 
     fn key(sub: u32) -> Key {
-        Key { kpi: 1, bucket_us: 60_000_000, dims: vec![Some("eu".into()), None], subxact: sub }
+        Key {
+            kpi: 1,
+            bucket_us: 60_000_000,
+            dims: vec![Some("eu".into()), None],
+            subxact: sub,
+        }
     }
 
     fn template() -> Vec<State> {
         vec![
             State::Rows,
-            State::Sum { sum: Decimal::ZERO, nn: 0 },
-            State::Extreme { val: None, dirty: false, is_min: true },
+            State::Sum {
+                sum: Decimal::ZERO,
+                nn: 0,
+            },
+            State::Extreme {
+                val: None,
+                dirty: false,
+                is_min: true,
+            },
         ]
     }
 
@@ -216,7 +232,10 @@ mod tests {
         acc.apply(key(1), &template(), 1, &row(5)).expect("apply");
         acc.apply(key(1), &template(), -1, &row(5)).expect("apply");
         let batch = acc.take_batch(1).expect("batch");
-        assert_eq!(batch, r#"{"1":[[60000000,["eu",null],0,[0,["0",0],["5",1]]]]}"#);
+        assert_eq!(
+            batch,
+            r#"{"1":[[60000000,["eu",null],0,[0,["0",0],["5",1]]]]}"#
+        );
         assert!(acc.is_empty());
     }
 
@@ -236,8 +255,14 @@ mod tests {
     #[test]
     fn dimension_values_are_json_escaped() {
         let mut acc = Accumulator::default();
-        let k = Key { kpi: 7, bucket_us: -60_000_000, dims: vec![Some("a\"b\\c".into())], subxact: 1 };
-        acc.apply(k, &[State::Count(0)], 1, &[Contribution::Present(true)]).expect("apply");
+        let k = Key {
+            kpi: 7,
+            bucket_us: -60_000_000,
+            dims: vec![Some("a\"b\\c".into())],
+            subxact: 1,
+        };
+        acc.apply(k, &[State::Count(0)], 1, &[Contribution::Present(true)])
+            .expect("apply");
         let batch = acc.take_batch(1).expect("batch");
         let parsed: serde_json::Value = serde_json::from_str(&batch).expect("valid json");
         assert_eq!(parsed["7"][0][1][0], "a\"b\\c");

@@ -122,7 +122,12 @@ fn load(relid: pg_sys::Oid) -> KpiResult<(TableKpis, Vec<pg_sys::Oid>)> {
     for row in rows {
         let measures: Vec<Measure> = serde_json::from_str(&row.measures)
             .map_err(|e| KpiError::internal(format!("corrupt measures of KPI {}: {e}", row.id)))?;
-        let time = evaluator.compile(relid, &quote_identifier(&row.time_column), Want::Time, "time column")?;
+        let time = evaluator.compile(
+            relid,
+            &quote_identifier(&row.time_column),
+            Want::Time,
+            "time column",
+        )?;
         let dims = row
             .dimensions
             .iter()
@@ -136,7 +141,11 @@ fn load(relid: pg_sys::Oid) -> KpiResult<(TableKpis, Vec<pg_sys::Oid>)> {
         let mut compiled = Vec::new();
         let mut template = Vec::new();
         for m in &measures {
-            let want = if m.kind.numeric_arg() { Want::Numeric } else { Want::Any };
+            let want = if m.kind.numeric_arg() {
+                Want::Numeric
+            } else {
+                Want::Any
+            };
             let expr = m
                 .expr
                 .as_deref()
@@ -145,7 +154,10 @@ fn load(relid: pg_sys::Oid) -> KpiResult<(TableKpis, Vec<pg_sys::Oid>)> {
             template.push(match m.kind {
                 Kind::CountStar => State::Rows,
                 Kind::Count => State::Count(0),
-                Kind::Sum | Kind::Avg => State::Sum { sum: Default::default(), nn: 0 },
+                Kind::Sum | Kind::Avg => State::Sum {
+                    sum: Default::default(),
+                    nn: 0,
+                },
                 Kind::Min | Kind::Max => State::Extreme {
                     val: None,
                     dirty: false,

@@ -9,7 +9,6 @@
 mod accumulator;
 mod cache;
 
-
 use crate::errors::{KpiError, OrRaise};
 use crate::expr::Evaluator;
 use crate::gucs;
@@ -119,7 +118,9 @@ unsafe fn capture_row(table: &cache::TableKpis, slot: *mut pg_sys::TupleTableSlo
                     _ => return Ok(None),
                 }
             }
-            let Some(t) = ev.eval(&kpi.time) else { return Ok(None) };
+            let Some(t) = ev.eval(&kpi.time) else {
+                return Ok(None);
+            };
             let Some(bucket_us) = bucket_of(t, kpi.time.type_oid, kpi.bucket_us) else {
                 return Ok(None);
             };
@@ -135,12 +136,22 @@ unsafe fn capture_row(table: &cache::TableKpis, slot: *mut pg_sys::TupleTableSlo
                     Kind::CountStar => Contribution::Rows,
                     Kind::Count => Contribution::Present(value.is_some()),
                     _ => match (value, expr) {
-                        (Some(v), Some(e)) => Contribution::Number(Some(to_decimal(&ev.output(e, v))?)),
+                        (Some(v), Some(e)) => {
+                            Contribution::Number(Some(to_decimal(&ev.output(e, v))?))
+                        }
                         _ => Contribution::Number(None),
                     },
                 });
             }
-            Ok(Some((Key { kpi: kpi.id, bucket_us, dims, subxact }, values)))
+            Ok(Some((
+                Key {
+                    kpi: kpi.id,
+                    bucket_us,
+                    dims,
+                    subxact,
+                },
+                values,
+            )))
         })();
         unsafe { ev.end_row(old) };
         match result {
@@ -252,5 +263,13 @@ unsafe extern "C-unwind" fn on_subxact(
 /// Writes everything captured so far into `kpi.deltas` now (used before a TRUNCATE
 /// rebuild, which then strips those deltas along with the older ones).
 pub fn flush_pending() {
+    flush(0);
+}
+
+/// Flushes captured deltas immediately. Only for `#[pg_test]`s, whose transactions
+/// never reach pre-commit.
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_extern(schema = "kpi", name = "_flush_for_tests")]
+fn flush_for_tests() {
     flush(0);
 }

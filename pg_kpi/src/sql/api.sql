@@ -18,7 +18,7 @@ COMMENT ON FUNCTION kpi._truncate() IS 'pg_kpi: rebuilds a source''s KPIs after 
 
 CREATE FUNCTION kpi.create(
     name        text,
-    source      regclass,
+    source      text,
     time_column text,
     measures    text,
     dimensions  text[]   DEFAULT '{}',
@@ -27,11 +27,23 @@ CREATE FUNCTION kpi.create(
     retention   interval DEFAULT NULL,
     backfill    boolean  DEFAULT true)
 RETURNS integer LANGUAGE sql VOLATILE AS $$
+    SELECT kpi._create(name, kpi._resolve_table(source), time_column, measures, coalesce(dimensions, '{}'),
+                       filter, bucket, retention, coalesce(backfill, true))
+$$;
+COMMENT ON FUNCTION kpi.create(text, text, text, text, text[], text, interval, interval, boolean) IS
+'Defines a KPI over a table: measures per time bucket and dimension values, kept exact by triggers. Returns its id.';
+
+-- The same with the source given as a regclass value.
+CREATE FUNCTION kpi.create(
+    name text, source regclass, time_column text, measures text, dimensions text[] DEFAULT '{}',
+    filter text DEFAULT NULL, bucket interval DEFAULT '1 minute', retention interval DEFAULT NULL,
+    backfill boolean DEFAULT true)
+RETURNS integer LANGUAGE sql VOLATILE AS $$
     SELECT kpi._create(name, source::oid, time_column, measures, coalesce(dimensions, '{}'),
                        filter, bucket, retention, coalesce(backfill, true))
 $$;
 COMMENT ON FUNCTION kpi.create(text, regclass, text, text, text[], text, interval, interval, boolean) IS
-'Defines a KPI over a table: measures per time bucket and dimension values, kept exact by triggers. Returns its id.';
+'Defines a KPI over a table given as a regclass. Returns its id.';
 
 CREATE FUNCTION kpi.drop(name text, if_exists boolean DEFAULT false)
 RETURNS boolean LANGUAGE sql VOLATILE AS $$ SELECT kpi._drop(name, if_exists) $$;

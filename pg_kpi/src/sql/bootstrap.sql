@@ -1,5 +1,11 @@
 -- pg_kpi catalog. Created before any function of the extension.
 
+-- The schema belongs to the extension, so DROP EXTENSION pg_kpi CASCADE also removes
+-- every KPI's views and aggregate tables.
+CREATE SCHEMA kpi;
+COMMENT ON SCHEMA kpi IS 'pg_kpi: KPI views, functions and catalog';
+GRANT USAGE ON SCHEMA kpi TO PUBLIC;
+
 -- One row per KPI. `measures` is the parsed, validated definition (see measures.rs);
 -- expressions are stored in the normalized form Postgres deparsed them to.
 CREATE TABLE kpi.definitions (

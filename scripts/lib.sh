@@ -1,0 +1,47 @@
+# Shared helpers for the scripts: a throwaway Postgres cluster run by the `postgres`
+# OS user when we are root (Postgres refuses to run as root), by the caller otherwise.
+PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
+PG_CONFIG="$PG_BIN/pg_config"
+
+log() { printf '\033[1m[%s]\033[0m %s\n' "${LOG_TAG:-pg_kpi}" "$*" >&2; }
+
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# cluster_start DIR PORT DBNAME  — initdb (if needed) and start with pg_kpi preloaded.
+cluster_start() {
+    local dir="$1" port="$2" db="$3"
+    mkdir -p "$(dirname "$dir")"
+    if [ "$(id -u)" = 0 ]; then
+        install -d -o postgres -g postgres "$dir"
+        install -o postgres -g postgres -m 644 /dev/null "$dir.log"
+        chmod a+rx "$(dirname "$dir")"
+    else
+        mkdir -p "$dir"; : > "$dir.log"
+    fi
+    if [ ! -f "$dir/PG_VERSION" ]; then
+        as_pg "$PG_BIN/initdb" -A trust -U postgres -E UTF8 -D "$dir" >/dev/null
+    fi
+    as_pg "$PG_BIN/pg_ctl" -D "$dir" -l "$dir.log" -w -o \
+        "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_kpi -c pg_kpi.databases=$db -c max_connections=200" \
+        start >/dev/null
+    psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -qAtc \
+        "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 ||
+        psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -qc "CREATE DATABASE $db"
+}
+
+cluster_stop() {
+    local dir="$1"
+    [ -f "$dir/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" -D "$dir" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# Installs the extension into the system Postgres (release build; seconds when built).
+install_extension() {
+    log "building and installing pg_kpi (release)"
+    (cd "$ROOT/pg_kpi" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)
+}
