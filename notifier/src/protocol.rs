@@ -36,8 +36,8 @@ pub mod close {
     pub const TOO_SLOW: u16 = 4002;
     /// A text frame that is not JSON: the client does not speak this protocol.
     pub const BAD_MESSAGE: u16 = 4400;
-    /// The client kept sending faster than `limits.messages_per_second` after being
-    /// told `rate_limited`.
+    /// The client kept flooding after being told `rate_limited`: more messages were
+    /// dropped within one second than `limits.messages_per_second`.
     pub const RATE_LIMITED: u16 = 4429;
 }
 
@@ -56,7 +56,8 @@ pub enum ErrorCode {
     BadSince,
     /// More than `limits.max_subscriptions` KPIs on one connection.
     TooManySubscriptions,
-    /// Messages arrive faster than `limits.messages_per_second`; they are dropped.
+    /// Messages arrive faster than `limits.messages_per_second` (with `limits.burst`);
+    /// the extra ones are dropped. Sent at most once per second.
     RateLimited,
     /// The notifier has not loaded the KPIs from the database yet; retry shortly.
     NotReady,

@@ -117,8 +117,10 @@ pub struct Session {
     subs: StreamMap<String, Sub>,
     known: HashMap<String, SubState>,
     bucket: Bucket,
-    /// Messages dropped by the rate limit since the last accepted one.
-    strikes: u32,
+    /// Messages dropped by the rate limit in the current one-second window, and when
+    /// that window started.
+    dropped: u32,
+    dropped_since: Instant,
 }
 
 impl Session {
@@ -136,7 +138,8 @@ impl Session {
             subs: StreamMap::new(),
             known: HashMap::new(),
             bucket,
-            strikes: 0,
+            dropped: 0,
+            dropped_since: Instant::now(),
         }
     }
 
@@ -219,16 +222,21 @@ impl Session {
         S::Error: Display,
     {
         if !self.bucket.take() {
-            self.strikes += 1;
-            if self.strikes == 1 {
+            // Tell the client once per second, and close it when it keeps going: more
+            // messages dropped within a second than the rate it is allowed.
+            if self.dropped_since.elapsed() >= Duration::from_secs(1) {
+                self.dropped = 0;
+                self.dropped_since = Instant::now();
+            }
+            self.dropped += 1;
+            if self.dropped == 1 {
                 let msg = format!(
                     "more than {} messages per second; messages are dropped until you slow down",
                     self.state.config.limits.messages_per_second
                 );
                 self.error(sink, ErrorCode::RateLimited, &msg, None).await?;
             }
-            // Still flooding after being told: a second's worth of dropped messages.
-            if self.strikes > self.state.config.limits.messages_per_second {
+            if self.dropped > self.state.config.limits.messages_per_second {
                 return Err(End::Close(
                     close::RATE_LIMITED,
                     "rate limit exceeded".into(),
@@ -236,7 +244,6 @@ impl Session {
             }
             return Ok(());
         }
-        self.strikes = 0;
         match parse_client(text) {
             Err(ParseError::NotJson(e)) => {
                 self.error(sink, ErrorCode::BadMessage, &format!("not JSON: {e}"), None)

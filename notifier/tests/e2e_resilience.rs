@@ -27,12 +27,20 @@ async fn terminate_listen_backend(cluster: &Cluster) -> i64 {
     row.get(0)
 }
 
-/// Waits until the database has folded `rows` rows into `k`, then returns its snapshot.
+/// Waits until the database has folded all `rows` rows into `k` (no pending deltas),
+/// then returns its snapshot. `kpi.snapshot` already counts pending deltas (readers see
+/// exact values), but its `version` only moves when the fold runs.
 async fn folded_snapshot(cluster: &Cluster, rows: i64) -> Value {
+    let c = pg(cluster).await;
     let deadline = tokio::time::Instant::now() + T;
     loop {
+        let pending: i64 = c
+            .query_one("SELECT count(*) FROM kpi.deltas", &[])
+            .await
+            .unwrap()
+            .get(0);
         let db = db_snapshot(cluster, "k").await;
-        if db["measures"]["n"]["today"] == json!(rows) {
+        if pending == 0 && db["measures"]["n"]["today"] == json!(rows) {
             return db;
         }
         assert!(tokio::time::Instant::now() < deadline, "fold never caught up: {db}");
@@ -85,9 +93,14 @@ async fn no_update_lost_when_the_listen_backend_is_terminated() {
             let c = pg(&cluster).await;
             let mut killed = 0;
             for i in 1..=300 {
-                c.execute("INSERT INTO orders(v) VALUES ($1)", &[&(i as i32)])
+                if let Err(e) = c
+                    .execute("INSERT INTO orders(v) VALUES ($1)", &[&(i as i32)])
                     .await
-                    .unwrap();
+                {
+                    let log = cluster.server_log();
+                    let tail = &log[log.len().saturating_sub(3000)..];
+                    panic!("insert {i} failed: {e:?}\nserver log tail:\n{tail}");
+                }
                 if i == 100 || i == 200 {
                     killed += terminate_listen_backend(&cluster).await;
                 }

@@ -188,15 +188,16 @@ impl Kpi {
         }
     }
 
-    /// Scalar subquery recomputing min/max measure `i` from the source for rows in
+    /// Scalar subquery recomputing (min/max/count_distinct) measure `i` from the source for rows in
     /// `[lo, hi)` matching `dims_pred` (which refers to source alias `r`).
     pub fn rescan_sql(&self, i: usize, lo: &str, hi: &str, dims_pred: &str) -> Option<String> {
         let m = &self.measures[i];
         let agg = m.rescan_agg()?;
         let expr = m.expr.as_deref()?;
         let only = if self.partitioned { "" } else { "ONLY " };
+        let agg = agg.replace("{}", expr);
         Some(format!(
-            "SELECT {agg}({expr}) FROM {only}{} r WHERE {} AND {}{}",
+            "SELECT {agg} FROM {only}{} r WHERE {} AND {}{}",
             self.source_sql,
             self.counted_rows_sql("r"),
             self.time_range_sql("r", lo, hi),

@@ -19,7 +19,7 @@ pub fn create_agg_table(k: &Kpi) -> String {
     cols.push("_n bigint NOT NULL".into());
     for (i, m) in k.measures.iter().enumerate() {
         for (c, t) in m.state_columns(i) {
-            let default = if t == "numeric" && !matches!(m.kind, Kind::Min | Kind::Max) {
+            let default = if t == "numeric" && matches!(m.kind, Kind::Sum | Kind::Avg) {
                 " NOT NULL DEFAULT 0"
             } else if t == "bigint" {
                 " NOT NULL DEFAULT 0"
@@ -148,18 +148,9 @@ pub fn backfill(k: &Kpi) -> String {
     sel.extend(k.dim_cols().iter().map(|d| format!("r.{d}")));
     sel.push("count(*)".into());
     for (i, m) in k.measures.iter().enumerate() {
-        let e = m.expr.clone().unwrap_or_default();
         for (c, _) in m.state_columns(i) {
-            cols.push(c.clone());
-            sel.push(if c.ends_with("_nn") {
-                format!("count({e})")
-            } else if c.ends_with("_sum") {
-                format!("coalesce(sum({e}), 0)")
-            } else if m.kind == Kind::Min {
-                format!("min({e})")
-            } else {
-                format!("max({e})")
-            });
+            sel.push(m.backfill_agg(&c));
+            cols.push(c);
         }
     }
     let group: Vec<String> = (1..=1 + k.dimensions.len())

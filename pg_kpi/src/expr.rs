@@ -25,6 +25,11 @@ pub enum Want {
     Time,
     /// Any type (count(expr), dimensions).
     Any,
+    /// Any type, converted to its text form (count_distinct hashes that text, so the
+    /// trigger and SQL rescans must agree on it: both use the `::text` cast).
+    Text,
+    /// Coerced to double precision (percentile sketches).
+    Float,
 }
 
 /// An analysed expression: a node tree in the current memory context, its result
@@ -168,7 +173,25 @@ unsafe fn analyze_unguarded(
                     ));
                 }
             }
-            Want::Numeric => {
+            Want::Text => {
+                node = pg_sys::coerce_to_target_type(
+                    pstate,
+                    node,
+                    type_oid,
+                    pg_sys::TEXTOID,
+                    -1,
+                    pg_sys::CoercionContext::COERCION_EXPLICIT,
+                    pg_sys::CoercionForm::COERCE_EXPLICIT_CAST,
+                    -1,
+                );
+                type_oid = pg_sys::TEXTOID;
+            }
+            Want::Numeric | Want::Float => {
+                let target = if want == Want::Float {
+                    pg_sys::FLOAT8OID
+                } else {
+                    pg_sys::NUMERICOID
+                };
                 let mut category: std::ffi::c_char = 0;
                 let mut preferred = false;
                 pg_sys::get_type_category_preferred(type_oid, &mut category, &mut preferred);
@@ -177,10 +200,16 @@ unsafe fn analyze_unguarded(
                         pstate,
                         node,
                         type_oid,
-                        pg_sys::NUMERICOID,
+                        target,
                         -1,
                         pg_sys::CoercionContext::COERCION_ASSIGNMENT,
-                        pg_sys::CoercionForm::COERCE_IMPLICIT_CAST,
+                        // Explicit, so the deparsed text keeps the cast and SQL rescans
+                        // compute exactly what the trigger computes.
+                        if want == Want::Float {
+                            pg_sys::CoercionForm::COERCE_EXPLICIT_CAST
+                        } else {
+                            pg_sys::CoercionForm::COERCE_IMPLICIT_CAST
+                        },
                         -1,
                     )
                 } else {
@@ -191,11 +220,11 @@ unsafe fn analyze_unguarded(
                     return Err(KpiError::new(
                         PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
                         format!("{what} must be numeric, not {}", type_name(type_oid)),
-                        "sum, avg, min and max take numeric expressions; cast explicitly if the column holds numbers as text.",
+                        "sum, avg, min, max and percentile take numeric expressions; cast explicitly if the column holds numbers as text.",
                     ));
                 }
                 node = coerced;
-                type_oid = pg_sys::NUMERICOID;
+                type_oid = target;
             }
         }
         pg_sys::assign_expr_collations(pstate, node);

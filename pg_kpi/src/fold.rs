@@ -115,7 +115,8 @@ fn merge(k: &Kpi, entries: &str) -> KpiResult<()> {
     );
     Spi::run_with_args(&upsert, &[entries.into()])?;
 
-    // min/max: a removal may have taken the extreme away; rescan those groups.
+    // min/max/count_distinct: a removal may have taken the extreme (or the last copy of
+    // a value) away, and these states cannot subtract it: rescan those groups.
     let dirty: Vec<String> = k
         .measures
         .iter()
@@ -131,9 +132,9 @@ fn merge(k: &Kpi, entries: &str) -> KpiResult<()> {
             .measures
             .iter()
             .enumerate()
-            .filter_map(|(i, _)| {
+            .filter_map(|(i, m)| {
                 k.rescan_sql(i, "s.bucket", &hi, &dims)
-                    .map(|sub| format!("_m{i}_val = ({sub})"))
+                    .map(|sub| format!("{} = ({sub})", m.rescan_column(i)))
             })
             .collect();
         let join: Vec<String> = keys

@@ -22,6 +22,11 @@ pub enum Kind {
     /// (or the reader, before the fold) rescans that group in the source.
     Min,
     Max,
+    /// HyperLogLog distinct count (±1 % typical). A removal marks the group dirty, like
+    /// min/max, and the group's sketch is rebuilt from the source, so deletes do lower it.
+    CountDistinct,
+    /// DDSketch quantile (≤ 1 % relative error), which supports removal.
+    Percentile,
 }
 
 impl Kind {
@@ -32,13 +37,21 @@ impl Kind {
             "avg" => Kind::Avg,
             "min" => Kind::Min,
             "max" => Kind::Max,
+            "count_distinct" => Kind::CountDistinct,
+            "percentile" => Kind::Percentile,
             _ => return None,
         })
     }
 
-    /// Whether the argument must be numeric (coerced to `numeric`).
-    pub fn numeric_arg(self) -> bool {
-        matches!(self, Kind::Sum | Kind::Avg | Kind::Min | Kind::Max)
+    /// What the argument is coerced to.
+    pub fn want(self) -> crate::expr::Want {
+        use crate::expr::Want;
+        match self {
+            Kind::Sum | Kind::Avg | Kind::Min | Kind::Max => Want::Numeric,
+            Kind::CountDistinct => Want::Text,
+            Kind::Percentile => Want::Float,
+            Kind::CountStar | Kind::Count => Want::Any,
+        }
     }
 }
 
@@ -49,6 +62,13 @@ pub struct Measure {
     pub kind: Kind,
     /// The argument, as normalized SQL over the source row (None for `count(*)`).
     pub expr: Option<String>,
+    /// percentile: the quantile, in (0, 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<f64>,
+    /// percentile: index of an earlier measure whose sketch (same expression) this one
+    /// reads, so p50/p95/p99 of one expression keep one sketch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shares: Option<usize>,
 }
 
 /// A measure as written by the user, before validation of its expression.
@@ -57,6 +77,7 @@ pub struct RawMeasure {
     pub name: String,
     pub kind: Kind,
     pub arg: Option<String>,
+    pub q: Option<f64>,
 }
 
 fn measure_syntax_error(item: &str) -> KpiError {
@@ -64,7 +85,7 @@ fn measure_syntax_error(item: &str) -> KpiError {
         pgrx::PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
         format!("invalid measure definition \"{}\"", item.trim()),
         "Write measures as a comma-separated list of name = function(expression), for example \
-         'revenue = sum(amount * quantity), orders = count(*)'. Functions: count, sum, avg, min, max.",
+         'revenue = sum(amount * quantity), orders = count(*)'. Functions: count, sum, avg, min, max, count_distinct, percentile.",
     )
 }
 
@@ -96,6 +117,16 @@ fn split_top_level(text: &str) -> KpiResult<Vec<&str>> {
     }
     parts.push(&text[start..]);
     Ok(parts)
+}
+
+fn quantile_error(name: &str, q: &str) -> KpiError {
+    KpiError::invalid(
+        format!(
+            "quantile {} of measure \"{name}\" is not between 0 and 1",
+            q.trim()
+        ),
+        "Write the quantile as a fraction strictly between 0 and 1, e.g. 0.95 for p95.",
+    )
 }
 
 /// Parses `revenue = sum(amount * quantity), orders = count(*)`. The arguments are only
@@ -133,7 +164,7 @@ pub fn parse(text: &str) -> KpiResult<Vec<RawMeasure>> {
                 let kind = Kind::parse(f).ok_or_else(|| {
                     KpiError::invalid(
                         format!("unknown measure function \"{f}\" in measure \"{name}\""),
-                        "Supported: count(*), count(expr), sum(expr), avg(expr), min(expr), max(expr).",
+                        "Supported: count(*), count(expr), sum(expr), avg(expr), min(expr), max(expr), count_distinct(expr), percentile(expr, q).",
                     )
                 })?;
                 if a.is_empty() {
@@ -141,6 +172,25 @@ pub fn parse(text: &str) -> KpiResult<Vec<RawMeasure>> {
                 }
                 (kind, Some(a.to_string()))
             }
+        };
+        let (arg, q) = match (kind, arg) {
+            (Kind::Percentile, Some(a)) => {
+                let parts = split_top_level(&a)?;
+                let [expr, q] = parts.as_slice() else {
+                    return Err(KpiError::invalid(
+                        format!(
+                            "percentile in measure \"{name}\" takes an expression and a quantile"
+                        ),
+                        "For example: p95 = percentile(latency_ms, 0.95).",
+                    ));
+                };
+                let q: f64 = q.trim().parse().map_err(|_| quantile_error(name, q))?;
+                if !(q > 0.0 && q < 1.0) {
+                    return Err(quantile_error(name, &q.to_string()));
+                }
+                (Some(expr.trim().to_string()), Some(q))
+            }
+            (_, arg) => (arg, None),
         };
         if out.iter().any(|m| m.name == name) {
             return Err(KpiError::new(
@@ -153,6 +203,7 @@ pub fn parse(text: &str) -> KpiResult<Vec<RawMeasure>> {
             name: name.to_string(),
             kind,
             arg,
+            q,
         });
     }
     Ok(out)
@@ -172,6 +223,9 @@ impl Measure {
                 (format!("_m{i}_nn"), "bigint"),
             ],
             Kind::Min | Kind::Max => vec![(format!("_m{i}_val"), "numeric")],
+            Kind::CountDistinct => vec![(format!("_m{i}_hll"), "bytea")],
+            Kind::Percentile if self.shares.is_none() => vec![(format!("_m{i}_dd"), "bytea")],
+            Kind::Percentile => vec![],
         }
     }
 
@@ -187,12 +241,16 @@ impl Measure {
                 vec![format!("({s}->>0)::numeric"), format!("({s}->>1)::bigint")]
             }
             Kind::Min | Kind::Max => vec![format!("({s}->>0)::numeric")],
+            Kind::CountDistinct => vec![format!("decode({s}->>0, 'base64')")],
+            Kind::Percentile if self.shares.is_none() => vec![format!("decode({s}->>0, 'base64')")],
+            Kind::Percentile => vec![],
         }
     }
 
     /// Dirty flag expression for min/max deltas (a removal happened in the group).
     pub fn dirty_decode_sql(&self, i: usize) -> Option<String> {
-        matches!(self.kind, Kind::Min | Kind::Max).then(|| format!("(x->3->{i}->>1)::int = 1"))
+        self.has_dirty()
+            .then(|| format!("(x->3->{i}->>1)::int = 1"))
     }
 
     /// Aggregates that merge many state rows into one, per state column.
@@ -205,6 +263,11 @@ impl Measure {
             }
             Kind::Min => vec![format!("min(_m{i}_val)")],
             Kind::Max => vec![format!("max(_m{i}_val)")],
+            Kind::CountDistinct => vec![format!("kpi._hll_merge_all(array_agg(_m{i}_hll))")],
+            Kind::Percentile if self.shares.is_none() => {
+                vec![format!("kpi._dd_merge_all(array_agg(_m{i}_dd))")]
+            }
+            Kind::Percentile => vec![],
         }
     }
 
@@ -223,15 +286,50 @@ impl Measure {
             Kind::Max => vec![format!(
                 "_m{i}_val = greatest(a._m{i}_val, excluded._m{i}_val)"
             )],
+            Kind::CountDistinct => {
+                vec![format!(
+                    "_m{i}_hll = kpi._hll_merge(a._m{i}_hll, excluded._m{i}_hll)"
+                )]
+            }
+            Kind::Percentile if self.shares.is_none() => {
+                vec![format!(
+                    "_m{i}_dd = kpi._dd_merge(a._m{i}_dd, excluded._m{i}_dd)"
+                )]
+            }
+            Kind::Percentile => vec![],
         }
     }
 
-    /// The aggregate used to recompute a min/max from source rows.
+    /// How to recompute this measure's state from source rows (`{}` is the expression),
+    /// for measures that cannot subtract a removed row.
     pub fn rescan_agg(&self) -> Option<&'static str> {
         match self.kind {
-            Kind::Min => Some("min"),
-            Kind::Max => Some("max"),
+            Kind::Min => Some("min({})"),
+            Kind::Max => Some("max({})"),
+            Kind::CountDistinct => Some("kpi._hll_of(array_agg({}))"),
             _ => None,
+        }
+    }
+
+    /// The state column a rescan rewrites.
+    pub fn rescan_column(&self, i: usize) -> String {
+        match self.kind {
+            Kind::CountDistinct => format!("_m{i}_hll"),
+            _ => format!("_m{i}_val"),
+        }
+    }
+
+    /// Backfill aggregate filling state column `column` from source rows.
+    pub fn backfill_agg(&self, column: &str) -> String {
+        let e = self.expr.clone().unwrap_or_default();
+        if column.ends_with("_nn") {
+            format!("count({e})")
+        } else if column.ends_with("_sum") {
+            format!("coalesce(sum({e}), 0)")
+        } else if column.ends_with("_dd") {
+            format!("kpi._dd_of(array_agg({e}))")
+        } else {
+            self.rescan_agg().unwrap_or("{}").replace("{}", &e)
         }
     }
 
@@ -253,19 +351,34 @@ impl Measure {
                     None => format!("{agg}(s._m{i}_val)"),
                 }
             }
+            Kind::CountDistinct => {
+                let merged = format!("kpi._hll_merge_all(array_agg(s._m{i}_hll))");
+                match rescan {
+                    Some(sub) => format!(
+                        "kpi._hll_count(CASE WHEN bool_or(s._m{i}_dirty) THEN ({sub}) ELSE {merged} END)"
+                    ),
+                    None => format!("kpi._hll_count({merged})"),
+                }
+            }
+            Kind::Percentile => format!(
+                "kpi._dd_quantile(kpi._dd_merge_all(array_agg(s._m{o}_dd)), {q})",
+                o = self.shares.unwrap_or(i),
+                q = self.q.unwrap_or(0.5)
+            ),
         }
     }
 
     /// The finalized SQL type (for empty results).
     pub fn result_type(&self) -> &'static str {
         match self.kind {
-            Kind::CountStar | Kind::Count => "bigint",
+            Kind::CountStar | Kind::Count | Kind::CountDistinct => "bigint",
+            Kind::Percentile => "double precision",
             _ => "numeric",
         }
     }
 
     pub fn has_dirty(&self) -> bool {
-        matches!(self.kind, Kind::Min | Kind::Max)
+        matches!(self.kind, Kind::Min | Kind::Max | Kind::CountDistinct)
     }
 }
 
@@ -283,6 +396,11 @@ mod tests {
         assert_eq!(m[0].arg.as_deref(), Some("amount * (quantity + 1)"));
         assert_eq!(m[1].kind, Kind::CountStar);
         assert_eq!(m[2].arg.as_deref(), Some("f(a, b)"));
+        let p = parse("p95 = percentile(coalesce(a, b), 0.95), u = count_distinct(user_id)")
+            .expect("parses");
+        assert_eq!(p[0].arg.as_deref(), Some("coalesce(a, b)"));
+        assert_eq!(p[0].q, Some(0.95));
+        assert_eq!(p[1].kind, Kind::CountDistinct);
     }
 
     #[pgrx::pg_test]
@@ -293,5 +411,9 @@ mod tests {
         assert!(parse("a sum(x)").is_err());
         assert!(parse("a = sum(x").is_err());
         assert!(parse("A = sum(x)").is_err());
+        assert!(parse("p = percentile(x, 1.5)").is_err());
+        assert!(parse("p = percentile(x, 0)").is_err());
+        assert!(parse("p = percentile(x)").is_err());
+        assert!(parse("p = percentile(x, abc)").is_err());
     }
 }

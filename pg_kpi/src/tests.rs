@@ -320,4 +320,66 @@ mod tests {
         Spi::run("RESET ROLE").expect("reset role");
         assert!(granted.is_ok(), "{granted:?}");
     }
+
+    /// count_distinct and percentile: within their error bounds after backfill, after
+    /// deletes captured by the trigger (read before and after the fold), one shared
+    /// sketch for several quantiles of one expression.
+    #[pg_test]
+    fn sketches_stay_within_bounds() {
+        Spi::run(
+            "CREATE TABLE hits (at timestamptz NOT NULL, user_id int, latency double precision);
+             INSERT INTO hits SELECT now() - (g % 600) * interval '1 second', g % 5000, 1 + (g * 7919 % 100000) / 100.0
+               FROM generate_series(1, 50000) g;
+             SELECT kpi.create(name => 'hits', source => 'hits', time_column => 'at', bucket => '1 minute',
+                measures => 'users = count_distinct(user_id), p50 = percentile(latency, 0.5),
+                             p95 = percentile(latency, 0.95), p99 = percentile(latency, 0.99)');",
+        )
+        .expect("setup");
+        let shared = Spi::get_one::<i64>(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = (SELECT ('kpi._agg_' || id)::regclass FROM kpi.definitions WHERE name = 'hits')
+                AND attname LIKE '%_dd'",
+        )
+        .expect("columns");
+        assert_eq!(
+            shared,
+            Some(1),
+            "three quantiles of one expression must share one sketch"
+        );
+        let check = |label: &str| {
+            let row = Spi::get_three::<f64, f64, f64>(
+                "SELECT kpi.value('hits', 'users', '1 hour')::float8 / (SELECT count(DISTINCT user_id) FROM hits),
+                        kpi.value('hits', 'p95', '1 hour')::float8 / (SELECT percentile_disc(0.95) WITHIN GROUP (ORDER BY latency) FROM hits),
+                        kpi.value('hits', 'p50', '1 hour')::float8 / (SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY latency) FROM hits)",
+            )
+            .expect("ratios");
+            let (users, p95, p50) = (
+                row.0.unwrap_or(0.0),
+                row.1.unwrap_or(0.0),
+                row.2.unwrap_or(0.0),
+            );
+            assert!(
+                (users - 1.0).abs() < 0.02,
+                "{label}: distinct count off by {users}"
+            );
+            assert!((p95 - 1.0).abs() < 0.01, "{label}: p95 off by {p95}");
+            assert!((p50 - 1.0).abs() < 0.01, "{label}: p50 off by {p50}");
+        };
+        check("backfill");
+        // Delete every user below 2500 and the slowest tenth: deltas carry removals.
+        Spi::run("DELETE FROM hits WHERE user_id < 2500 OR latency > 900").expect("delete");
+        Spi::run("SELECT kpi._flush_for_tests()").expect("flush");
+        check("pending deletes");
+        Spi::run("SELECT kpi.fold()").expect("fold");
+        check("folded deletes");
+        let bad = try_sql("SELECT kpi.create(name => 'h2', source => 'hits', time_column => 'at', measures => 'p = percentile(latency, 1.5)')");
+        assert!(
+            matches!(bad, Err((ref c, _, Some(_))) if c.contains("INVALID_PARAMETER_VALUE")),
+            "{bad:?}"
+        );
+        let text = try_sql("SELECT kpi.create(name => 'h2', source => 'hits', time_column => 'at', measures => 'p = percentile(at::text, 0.5)')");
+        assert!(
+            matches!(text, Err((ref c, _, Some(_))) if c.contains("DATATYPE_MISMATCH")),
+            "{text:?}"
+        );
+    }
 }

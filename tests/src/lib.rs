@@ -13,21 +13,34 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use postgres;
 
+pub mod install;
 pub mod notify;
 pub mod oracle;
 pub mod schema;
 pub mod workload;
 
-/// Where the Postgres server binaries live (overridable for other installs).
+/// Where the Postgres server binaries live: `PG_BIN_DIR` if set, otherwise a private
+/// snapshot of the system installation (see [`install`]: a rebuild of pg_kpi while tests
+/// run must not crash their servers), or the system installation itself when the
+/// snapshot is disabled (`PG_KPI_E2E_PRIVATE_INSTALL=0`) or cannot be made.
 pub fn pg_bin_dir() -> PathBuf {
-    std::env::var_os("PG_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+    if let Some(dir) = std::env::var_os("PG_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let system = PathBuf::from("/usr/lib/postgresql/15/bin");
+    if std::env::var_os("PG_KPI_E2E_PRIVATE_INSTALL").is_some_and(|v| v == "0") {
+        return system;
+    }
+    static PRIVATE: OnceLock<Option<PathBuf>> = OnceLock::new();
+    PRIVATE
+        .get_or_init(|| install::private_bin_dir(&system))
+        .clone()
+        .unwrap_or(system)
 }
 
 fn running_as_root() -> bool {

@@ -125,20 +125,31 @@ fn validate(
             ));
         }
         let expr = match &raw.arg {
-            Some(arg) => {
-                let want = if raw.kind.numeric_arg() {
-                    Want::Numeric
-                } else {
-                    Want::Any
-                };
-                Some(analyze(source, arg, want, &format!("measure \"{}\"", raw.name))?.sql)
-            }
+            Some(arg) => Some(
+                analyze(
+                    source,
+                    arg,
+                    raw.kind.want(),
+                    &format!("measure \"{}\"", raw.name),
+                )?
+                .sql,
+            ),
             None => None,
         };
+        // Quantiles of one expression read one sketch.
+        let shares = (raw.kind == measures::Kind::Percentile)
+            .then(|| {
+                measures.iter().position(|m: &Measure| {
+                    m.kind == measures::Kind::Percentile && m.shares.is_none() && m.expr == expr
+                })
+            })
+            .flatten();
         measures.push(Measure {
             name: raw.name,
             kind: raw.kind,
             expr,
+            q: raw.q,
+            shares,
         });
     }
     let _ = source_name;

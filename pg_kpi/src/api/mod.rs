@@ -5,4 +5,5 @@ mod create;
 mod drop;
 mod fold;
 mod read;
+mod sketches;
 mod truncate;

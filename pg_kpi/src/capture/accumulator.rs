@@ -5,6 +5,8 @@
 //! drops exactly its own deltas (every subtransaction started after the aborted one is
 //! nested in it, so "id ≥ aborted id" is the aborted set).
 
+use base64::Engine;
+use pg_kpi_sketches::{DdSketch, Hll};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -32,6 +34,12 @@ pub enum State {
         dirty: bool,
         is_min: bool,
     },
+    /// count_distinct: values added; `dirty` when one was removed (HLL cannot forget).
+    Distinct { hll: Hll, dirty: bool },
+    /// percentile: net sketch (negative counts for removals).
+    Quantiles(DdSketch),
+    /// percentile reading another measure's sketch.
+    Shared,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -47,6 +55,12 @@ pub enum Contribution {
     /// count(expr): whether the value is non-null.
     Present(bool),
     Number(Option<Decimal>),
+    /// count_distinct: the value's text form.
+    Text(Option<String>),
+    /// percentile: the value as a double.
+    Float(Option<f64>),
+    /// Nothing to record (a shared percentile).
+    None,
 }
 
 #[derive(Default)]
@@ -102,6 +116,18 @@ impl Accumulator {
                     } else {
                         *dirty = true;
                     }
+                }
+                (State::Distinct { hll, dirty }, Contribution::Text(Some(v))) => {
+                    if sign > 0 {
+                        hll.add_bytes(v.as_bytes());
+                    } else {
+                        *dirty = true;
+                    }
+                }
+                (State::Quantiles(sketch), Contribution::Float(Some(v))) => {
+                    // Non-finite values cannot be placed in a sketch; they are skipped
+                    // (documented), like NULLs.
+                    let _ = sketch.add_count(*v, sign);
                 }
                 _ => {}
             }
@@ -177,6 +203,15 @@ fn write_entry(out: &mut String, key: &Key, entry: &Entry) {
             State::Sum { sum, nn } => {
                 let _ = write!(out, "[\"{sum}\",{nn}]");
             }
+            State::Distinct { hll, dirty } => {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(hll.to_bytes());
+                let _ = write!(out, "[\"{b64}\",{}]", u8::from(*dirty));
+            }
+            State::Quantiles(sketch) => {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(sketch.to_bytes());
+                let _ = write!(out, "[\"{b64}\"]");
+            }
+            State::Shared => out.push_str("null"),
             State::Extreme { val, dirty, .. } => match val {
                 Some(v) => {
                     let _ = write!(out, "[\"{v}\",{}]", u8::from(*dirty));

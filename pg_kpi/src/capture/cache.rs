@@ -141,16 +141,15 @@ fn load(relid: pg_sys::Oid) -> KpiResult<(TableKpis, Vec<pg_sys::Oid>)> {
         let mut compiled = Vec::new();
         let mut template = Vec::new();
         for m in &measures {
-            let want = if m.kind.numeric_arg() {
-                Want::Numeric
-            } else {
-                Want::Any
+            // A percentile sharing another's sketch evaluates nothing itself.
+            let expr = match m.shares {
+                Some(_) => None,
+                None => m
+                    .expr
+                    .as_deref()
+                    .map(|e| evaluator.compile(relid, e, m.kind.want(), "measure"))
+                    .transpose()?,
             };
-            let expr = m
-                .expr
-                .as_deref()
-                .map(|e| evaluator.compile(relid, e, want, "measure"))
-                .transpose()?;
             template.push(match m.kind {
                 Kind::CountStar => State::Rows,
                 Kind::Count => State::Count(0),
@@ -163,6 +162,12 @@ fn load(relid: pg_sys::Oid) -> KpiResult<(TableKpis, Vec<pg_sys::Oid>)> {
                     dirty: false,
                     is_min: m.kind == Kind::Min,
                 },
+                Kind::CountDistinct => State::Distinct {
+                    hll: Default::default(),
+                    dirty: false,
+                },
+                Kind::Percentile if m.shares.is_some() => State::Shared,
+                Kind::Percentile => State::Quantiles(Default::default()),
             });
             compiled.push((m.kind, expr));
         }

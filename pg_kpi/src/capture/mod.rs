@@ -135,6 +135,14 @@ unsafe fn capture_row(table: &cache::TableKpis, slot: *mut pg_sys::TupleTableSlo
                 values.push(match kind {
                     Kind::CountStar => Contribution::Rows,
                     Kind::Count => Contribution::Present(value.is_some()),
+                    Kind::Percentile if expr.is_none() => Contribution::None,
+                    Kind::Percentile => {
+                        Contribution::Float(value.map(|d| f64::from_bits(d.value() as u64)))
+                    }
+                    Kind::CountDistinct => Contribution::Text(match (value, expr) {
+                        (Some(v), Some(e)) => Some(ev.output(e, v)),
+                        _ => None,
+                    }),
                     _ => match (value, expr) {
                         (Some(v), Some(e)) => {
                             Contribution::Number(Some(to_decimal(&ev.output(e, v))?))
