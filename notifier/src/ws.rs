@@ -51,6 +51,11 @@ pub async fn handler(
     let auth = state.auth.authenticate(&headers, query.token.as_deref());
     let limit = state.config.limits.max_message_bytes;
     Ok(ws
+        // tungstenite reserves 128 KiB per connection for reads and buffers writes up to
+        // 128 KiB by default; client messages are tiny and every send is flushed, so
+        // small buffers keep 10,000 connections cheap.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(0)
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))

@@ -1,5 +1,7 @@
 //! Resilience: the LISTEN connection is killed, the database restarts or is down at
 //! start, payloads overflow or are garbage; clients always converge to the database.
+// A test should fail loudly on anything unexpected, so unwrap is fine here.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
@@ -43,7 +45,10 @@ async fn folded_snapshot(cluster: &Cluster, rows: i64) -> Value {
         if pending == 0 && db["measures"]["n"]["today"] == json!(rows) {
             return db;
         }
-        assert!(tokio::time::Instant::now() < deadline, "fold never caught up: {db}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fold never caught up: {db}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -58,7 +63,10 @@ async fn ws_converges(ws: &mut WsClient, db: &Value, last: &mut i64) {
             continue;
         }
         let version = v["version"].as_i64().unwrap();
-        assert!(version >= *last, "version went back from {last} to {version}");
+        assert!(
+            version >= *last,
+            "version went back from {last} to {version}"
+        );
         *last = version;
         if version == target {
             assert_eq!(measures(&v["data"]), measures(db));
@@ -92,11 +100,8 @@ async fn no_update_lost_when_the_listen_backend_is_terminated() {
         tokio::spawn(async move {
             let c = pg(&cluster).await;
             let mut killed = 0;
-            for i in 1..=300 {
-                if let Err(e) = c
-                    .execute("INSERT INTO orders(v) VALUES ($1)", &[&(i as i32)])
-                    .await
-                {
+            for i in 1..=300i32 {
+                if let Err(e) = c.execute("INSERT INTO orders(v) VALUES ($1)", &[&i]).await {
                     let log = cluster.server_log();
                     let tail = &log[log.len().saturating_sub(3000)..];
                     panic!("insert {i} failed: {e:?}\nserver log tail:\n{tail}");
@@ -140,7 +145,10 @@ async fn changes_missed_while_disconnected_arrive_with_the_reload() {
     let (status, body) = n.readyz().await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["state"], "retrying");
-    assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
 
     ws_converges(&mut ws, &db, &mut last).await;
     n.wait_ready(T).await;
@@ -185,7 +193,10 @@ async fn clients_converge_across_a_database_restart() {
     n.wait_ready(T).await;
     stop_polling.store(true, Ordering::Relaxed);
     poller.await.unwrap();
-    assert!(saw_unready.load(Ordering::Relaxed), "/readyz reported the outage");
+    assert!(
+        saw_unready.load(Ordering::Relaxed),
+        "/readyz reported the outage"
+    );
     assert!(n.metric("kpi_notifier_listen_reconnects_total").await >= 1.0);
     assert_eq!(n.metric("kpi_notifier_ready").await, 1.0);
 }
@@ -254,12 +265,23 @@ async fn overflow_and_garbage_payloads_reload_everything() {
     // Dropped in the database, then an overflow payload: the reload forgets it and the
     // subscriber is told.
     exec(&cluster, "SELECT kpi.drop('k2')").await;
-    exec(&cluster, r#"SELECT pg_notify('kpi_changes', '{"seq":999999,"overflow":true}')"#).await;
+    exec(
+        &cluster,
+        r#"SELECT pg_notify('kpi_changes', '{"seq":999999,"overflow":true}')"#,
+    )
+    .await;
     let v = ws.json(T).await;
-    assert_eq!((v["type"].as_str(), v["code"].as_str(), v["kpi"].as_str()), (Some("error"), Some("unknown_kpi"), Some("k2")));
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str(), v["kpi"].as_str()),
+        (Some("error"), Some("unknown_kpi"), Some("k2"))
+    );
     assert!(n.metric("kpi_notifier_full_reloads_total").await >= 2.0);
 
-    exec(&cluster, "SELECT pg_notify('kpi_changes', 'not json at all')").await;
+    exec(
+        &cluster,
+        "SELECT pg_notify('kpi_changes', 'not json at all')",
+    )
+    .await;
     let deadline = tokio::time::Instant::now() + T;
     while n.metric("kpi_notifier_notify_payload_errors_total").await < 1.0 {
         assert!(tokio::time::Instant::now() < deadline);
@@ -287,7 +309,10 @@ async fn fold_timer_keeps_kpis_moving_without_the_worker() {
     exec(&cluster, "INSERT INTO orders(v) VALUES (8), (9)").await;
     let v = ws.until("k", T, |v| v["version"].as_i64() > Some(v0)).await;
     assert_eq!(v["data"]["measures"]["n"]["today"], json!(2));
-    assert_eq!(measures(&v["data"]), measures(&db_snapshot(&cluster, "k").await));
+    assert_eq!(
+        measures(&v["data"]),
+        measures(&db_snapshot(&cluster, "k").await)
+    );
     assert!(n.metric("kpi_notifier_fold_runs_total").await >= 1.0);
     assert_eq!(n.metric("kpi_notifier_fold_errors_total").await, 0.0);
 }

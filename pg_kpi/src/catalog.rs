@@ -22,16 +22,28 @@ pub struct Kpi {
     pub filter: Option<String>,
     pub bucket: String,
     pub bucket_us: i64,
-    pub retention: Option<String>,
     pub owner: pg_sys::Oid,
     pub version: i64,
+    /// Storage tiers, finest first: tier 0 is the KPI's own bucket and retention, the
+    /// others are its rollups.
+    pub tiers: Vec<Tier>,
+}
+
+/// One storage tier of a KPI: a bucket width and how long its buckets are kept.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Tier {
+    pub bucket: String,
+    pub bucket_us: i64,
+    pub retention: Option<String>,
+    pub retention_us: Option<i64>,
 }
 
 const SELECT: &str = "
 SELECT d.id, d.name, d.source::oid, format('%I.%I', n.nspname, c.relname), c.relkind = 'p',
        d.time_column, d.time_type::oid, d.measures::text, d.dimensions,
        d.dimension_types::text[], d.filter, d.bucket::text,
-       (extract(epoch FROM d.bucket) * 1000000)::bigint, d.retention::text, d.owner::oid, d.version
+       (extract(epoch FROM d.bucket) * 1000000)::bigint, d.retention::text, d.owner::oid, d.version,
+       (extract(epoch FROM d.retention) * 1000000)::bigint, d.rollups::text
   FROM kpi.definitions d
   JOIN pg_catalog.pg_class c ON c.oid = d.source
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
@@ -40,7 +52,18 @@ fn from_row(r: pgrx::spi::SpiHeapTupleData) -> KpiResult<Kpi> {
     let measures_json: String = r.get(8)?.unwrap_or_default();
     let measures = serde_json::from_str(&measures_json)
         .map_err(|e| KpiError::internal(format!("corrupt measures in catalog: {e}")))?;
+    let rollups: Vec<Tier> =
+        serde_json::from_str(&r.get::<String>(18)?.unwrap_or_else(|| "[]".into()))
+            .map_err(|e| KpiError::internal(format!("corrupt rollups in catalog: {e}")))?;
+    let mut tiers = vec![Tier {
+        bucket: r.get(12)?.unwrap_or_default(),
+        bucket_us: r.get(13)?.unwrap_or(60_000_000),
+        retention: r.get(14)?,
+        retention_us: r.get(17)?,
+    }];
+    tiers.extend(rollups);
     Ok(Kpi {
+        tiers,
         id: r.get(1)?.unwrap_or_default(),
         name: r.get(2)?.unwrap_or_default(),
         source: r.get(3)?.unwrap_or(pg_sys::InvalidOid),
@@ -54,7 +77,6 @@ fn from_row(r: pgrx::spi::SpiHeapTupleData) -> KpiResult<Kpi> {
         filter: r.get(11)?,
         bucket: r.get(12)?.unwrap_or_default(),
         bucket_us: r.get(13)?.unwrap_or(60_000_000),
-        retention: r.get(14)?,
         owner: r.get(15)?.unwrap_or(pg_sys::InvalidOid),
         version: r.get(16)?.unwrap_or_default(),
     })
@@ -91,12 +113,51 @@ impl Kpi {
         })
     }
 
-    pub fn agg_table(&self) -> String {
-        format!("kpi._agg_{}", self.id)
+    pub fn state_view(&self) -> String {
+        self.state_view_of(0)
     }
 
-    pub fn state_view(&self) -> String {
-        format!("kpi._state_{}", self.id)
+    /// The aggregate table of tier `t` (`kpi._agg_<id>`, rollups `kpi._agg_<id>_r<t>`).
+    pub fn agg_table_of(&self, t: usize) -> String {
+        match t {
+            0 => format!("kpi._agg_{}", self.id),
+            t => format!("kpi._agg_{}_r{t}", self.id),
+        }
+    }
+
+    pub fn state_view_of(&self, t: usize) -> String {
+        match t {
+            0 => format!("kpi._state_{}", self.id),
+            t => format!("kpi._state_{}_r{t}", self.id),
+        }
+    }
+
+    /// Tier `t`'s bucket width as an SQL interval literal.
+    pub fn width_sql(&self, t: usize) -> String {
+        format!("{}::interval", quote_literal(&self.tiers[t].bucket))
+    }
+
+    /// The bucket of source row `r` in tier `t`.
+    pub fn tier_bucket_of_row_sql(&self, r: &str, t: usize) -> String {
+        format!(
+            "date_bin({}, {}, '2000-01-01 00:00:00+00'::timestamptz)",
+            self.width_sql(t),
+            self.time_tz_sql(r)
+        )
+    }
+
+    /// The finest tier that keeps data `span_us` back from now and whose bucket divides
+    /// `step_us` (when given); the longest-kept such tier when none keeps that far.
+    pub fn pick_tier(&self, span_us: i64, step_us: Option<i64>) -> usize {
+        let fits = |t: &Tier| step_us.is_none_or(|s| s % t.bucket_us == 0);
+        let keeps = |t: &Tier| t.retention_us.is_none_or(|r| span_us <= r);
+        if let Some(t) = self.tiers.iter().position(|t| fits(t) && keeps(t)) {
+            return t;
+        }
+        (0..self.tiers.len())
+            .filter(|&t| fits(&self.tiers[t]))
+            .max_by_key(|&t| self.tiers[t].retention_us.unwrap_or(i64::MAX))
+            .unwrap_or(0)
     }
 
     pub fn view(&self) -> String {

@@ -11,7 +11,7 @@ use crate::catalog::Kpi;
 use crate::measures::Kind;
 
 /// `CREATE TABLE` and index of the aggregate table.
-pub fn create_agg_table(k: &Kpi) -> String {
+pub fn create_agg_table(k: &Kpi, t: usize) -> String {
     let mut cols = vec!["bucket timestamptz NOT NULL".to_string()];
     for (d, t) in k.dim_cols().iter().zip(&k.dimension_types) {
         cols.push(format!("{d} {t}"));
@@ -35,7 +35,7 @@ pub fn create_agg_table(k: &Kpi) -> String {
         "CREATE TABLE {agg} ({cols});
          CREATE UNIQUE INDEX ON {agg} ({key}) NULLS NOT DISTINCT;
          COMMENT ON TABLE {agg} IS {comment};",
-        agg = k.agg_table(),
+        agg = k.agg_table_of(t),
         cols = cols.join(", "),
         key = key.join(", "),
         comment = crate::catalog::quote_literal(&format!("pg_kpi: folded state of KPI {}", k.name)),
@@ -57,8 +57,16 @@ fn state_columns(k: &Kpi) -> Vec<String> {
 }
 
 /// Decoding of one delta entry `x` into the state view's columns.
-pub fn decode_entry_columns(k: &Kpi) -> Vec<String> {
-    let mut cols = vec!["kpi._bucket_ts((x->>0)::bigint)".to_string()];
+/// For tier `t` > 0 the captured bucket is re-binned into the tier's wider bucket.
+pub fn decode_entry_columns(k: &Kpi, t: usize) -> Vec<String> {
+    let bucket = "kpi._bucket_ts((x->>0)::bigint)".to_string();
+    let mut cols = vec![match t {
+        0 => bucket,
+        t => format!(
+            "date_bin({}, {bucket}, '2000-01-01 00:00:00+00'::timestamptz)",
+            k.width_sql(t)
+        ),
+    }];
     for (j, t) in k.dimension_types.iter().enumerate() {
         cols.push(format!("(x->1->>{j})::{t}"));
     }
@@ -72,7 +80,7 @@ pub fn decode_entry_columns(k: &Kpi) -> Vec<String> {
     cols
 }
 
-pub fn create_state_view(k: &Kpi) -> String {
+pub fn create_state_view(k: &Kpi, t: usize) -> String {
     let names = state_columns(k);
     let agg_cols: Vec<String> = names
         .iter()
@@ -84,7 +92,7 @@ pub fn create_state_view(k: &Kpi) -> String {
             }
         })
         .collect();
-    let decoded: Vec<String> = decode_entry_columns(k)
+    let decoded: Vec<String> = decode_entry_columns(k, t)
         .into_iter()
         .zip(&names)
         .map(|(e, n)| format!("{e} AS {n}"))
@@ -94,8 +102,8 @@ pub fn create_state_view(k: &Kpi) -> String {
            SELECT {agg_cols} FROM {agg}
            UNION ALL
            SELECT {decoded} FROM kpi.deltas d, jsonb_array_elements(d.batch -> '{id}') x;",
-        state = k.state_view(),
-        agg = k.agg_table(),
+        state = k.state_view_of(t),
+        agg = k.agg_table_of(t),
         agg_cols = agg_cols.join(", "),
         decoded = decoded.join(", "),
         id = k.id,
@@ -139,12 +147,12 @@ pub fn create_view(k: &Kpi) -> String {
     )
 }
 
-/// One scan of the source filling the aggregate table.
-pub fn backfill(k: &Kpi) -> String {
+/// One scan of the source filling the aggregate table of tier `t`.
+pub fn backfill(k: &Kpi, t: usize) -> String {
     let mut cols = vec!["bucket".to_string()];
     cols.extend(k.dim_cols());
     cols.push("_n".into());
-    let mut sel = vec![k.bucket_of_row_sql("r")];
+    let mut sel = vec![k.tier_bucket_of_row_sql("r", t)];
     sel.extend(k.dim_cols().iter().map(|d| format!("r.{d}")));
     sel.push("count(*)".into());
     for (i, m) in k.measures.iter().enumerate() {
@@ -159,7 +167,7 @@ pub fn backfill(k: &Kpi) -> String {
     let only = if k.partitioned { "" } else { "ONLY " };
     format!(
         "INSERT INTO {agg} ({cols}) SELECT {sel} FROM {only}{src} r WHERE {counted} GROUP BY {group}",
-        agg = k.agg_table(),
+        agg = k.agg_table_of(t),
         cols = cols.join(", "),
         sel = sel.join(", "),
         src = k.source_sql,

@@ -27,11 +27,6 @@ impl KpiError {
         }
     }
 
-    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
-        self
-    }
-
     /// `22023 invalid_parameter_value`: the most common user mistake.
     pub fn invalid(message: impl Into<String>, hint: impl Into<String>) -> Self {
         Self::new(

@@ -57,7 +57,9 @@ pub fn fold() -> KpiResult<i64> {
     };
     for kpi in &kpis {
         if let Some((_, entries)) = per_kpi.iter().find(|(id, _)| *id == kpi.id) {
-            merge(kpi, entries)?;
+            for t in 0..kpi.tiers.len() {
+                merge(kpi, t, entries)?;
+            }
         }
     }
     apply_retention()?;
@@ -76,7 +78,7 @@ fn key_cols(k: &Kpi) -> Vec<String> {
 }
 
 /// Merges one KPI's drained entries (a jsonb array) into its aggregate table.
-fn merge(k: &Kpi, entries: &str) -> KpiResult<()> {
+fn merge(k: &Kpi, t: usize, entries: &str) -> KpiResult<()> {
     let keys = key_cols(k);
     let mut names = keys.clone();
     names.push("_n".into());
@@ -95,7 +97,7 @@ fn merge(k: &Kpi, entries: &str) -> KpiResult<()> {
             decoded_names.push(format!("_m{i}_dirty"));
         }
     }
-    let decoded: Vec<String> = ddl::decode_entry_columns(k)
+    let decoded: Vec<String> = ddl::decode_entry_columns(k, t)
         .into_iter()
         .zip(&decoded_names)
         .map(|(e, n)| format!("{e} AS {n}"))
@@ -107,7 +109,7 @@ fn merge(k: &Kpi, entries: &str) -> KpiResult<()> {
     let upsert = format!(
         "INSERT INTO {agg} AS a ({names}) SELECT {merged} FROM {source} e GROUP BY {keys}
          ON CONFLICT ({keys}) DO UPDATE SET {sets}",
-        agg = k.agg_table(),
+        agg = k.agg_table_of(t),
         names = names.join(", "),
         merged = merged.join(", "),
         keys = keys.join(", "),
@@ -125,7 +127,7 @@ fn merge(k: &Kpi, entries: &str) -> KpiResult<()> {
         .map(|(i, _)| format!("_m{i}_dirty"))
         .collect();
     if !dirty.is_empty() {
-        let width = format!("{}::interval", crate::catalog::quote_literal(&k.bucket));
+        let width = k.width_sql(t);
         let hi = format!("s.bucket + {width}");
         let dims = ddl::same_dims_pred(k);
         let repairs: Vec<String> = k
@@ -145,7 +147,7 @@ fn merge(k: &Kpi, entries: &str) -> KpiResult<()> {
             "UPDATE {agg} s SET {repairs}
                FROM (SELECT DISTINCT {keys} FROM {source} e WHERE {dirty}) g
               WHERE s.bucket = g.bucket AND {join}",
-            agg = k.agg_table(),
+            agg = k.agg_table_of(t),
             repairs = repairs.join(", "),
             keys = keys.join(", "),
             dirty = dirty.join(" OR "),
@@ -156,27 +158,20 @@ fn merge(k: &Kpi, entries: &str) -> KpiResult<()> {
     Ok(())
 }
 
-/// Drops buckets older than each KPI's retention.
+/// Drops buckets older than each tier's retention.
 fn apply_retention() -> KpiResult<()> {
-    let targets: Vec<(i32, String)> = Spi::connect(|c| {
-        c.select(
-            "SELECT id, retention::text FROM kpi.definitions WHERE retention IS NOT NULL",
-            None,
-            &[],
-        )?
-        .map(|r| {
-            Ok((
-                r.get::<i32>(1)?.unwrap_or_default(),
-                r.get::<String>(2)?.unwrap_or_default(),
-            ))
-        })
-        .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
-    })?;
-    for (id, retention) in targets {
-        Spi::run_with_args(
-            &format!("DELETE FROM kpi._agg_{id} WHERE bucket < now() - $1::interval"),
-            &[retention.as_str().into()],
-        )?;
+    for kpi in Kpi::all()? {
+        for (t, tier) in kpi.tiers.iter().enumerate() {
+            if let Some(retention) = &tier.retention {
+                Spi::run_with_args(
+                    &format!(
+                        "DELETE FROM {} WHERE bucket < now() - $1::interval",
+                        kpi.agg_table_of(t)
+                    ),
+                    &[retention.as_str().into()],
+                )?;
+            }
+        }
     }
     Ok(())
 }

@@ -382,4 +382,60 @@ mod tests {
             "{text:?}"
         );
     }
+
+    /// Rollup tiers: the base keeps 2 hours of minutes, an hourly tier 30 days, a daily
+    /// tier forever; reads over longer windows use the coarser tiers and stay exact.
+    #[pg_test]
+    fn rollups_answer_beyond_base_retention() {
+        Spi::run(
+            "CREATE TABLE ev (at timestamptz NOT NULL, v int);
+             INSERT INTO ev SELECT now() - g * interval '7 minutes', g % 10 FROM generate_series(0, 3000) g;
+             SELECT kpi.create(name => 'ev', source => 'ev', time_column => 'at', measures => 'n = count(*), s = sum(v), hi = max(v)',
+                               bucket => '1 minute', retention => '2 hours',
+                               rollups => '{\"1 hour\": \"30 days\", \"1 day\": null}');
+             DELETE FROM ev WHERE v = 9;
+             SELECT kpi._flush_for_tests();
+             SELECT kpi.fold();",
+        )
+        .expect("setup");
+        let id = Spi::get_one::<i32>("SELECT id FROM kpi.definitions WHERE name = 'ev'")
+            .expect("id")
+            .expect("exists");
+        let old_minutes = Spi::get_one::<i64>(&format!(
+            "SELECT count(*) FROM kpi._agg_{id} WHERE bucket < now() - interval '2 hours'"
+        ))
+        .expect("retention");
+        assert_eq!(old_minutes, Some(0), "base retention not applied");
+        let (got, want) = Spi::get_two::<AnyNumeric, AnyNumeric>(
+            "SELECT kpi.value('ev', 's', '5 days'),
+                    (SELECT sum(v)::numeric FROM ev WHERE at >= date_bin('1 hour', now() - interval '5 days', '2000-01-01 00:00:00+00'))",
+        )
+        .expect("hourly value");
+        assert_eq!(got, want, "hourly tier answer");
+        let (got, want) = Spi::get_two::<AnyNumeric, AnyNumeric>(
+            "SELECT (SELECT sum(value) FROM kpi.series('ev', 'n', now() - interval '20 days', now(), '1 day')),
+                    (SELECT count(*)::numeric FROM ev WHERE at >= date_bin('1 day', now() - interval '20 days', '2000-01-01 00:00:00+00'))",
+        )
+        .expect("daily series");
+        assert_eq!(got, want, "daily series total");
+        let (got, want) = Spi::get_two::<AnyNumeric, AnyNumeric>(
+            "SELECT kpi.value('ev', 'hi', '3 days'), (SELECT max(v)::numeric FROM ev)",
+        )
+        .expect("max after deletes");
+        assert_eq!(got, want, "max in rollup tier after deletes");
+        let base = "SELECT kpi.create(name => 'ev2', source => 'ev', time_column => 'at', measures => 'n = count(*)'";
+        for bad in [
+            format!("{base}, rollups => '{{\"90 seconds\": null}}')"),
+            format!("{base}, rollups => '{{\"1 hour\": null, \"90 minutes\": null}}')"),
+            format!("{base}, rollups => '{{\"1 hour\": \"10 minutes\"}}')"),
+            format!("{base}, rollups => '{{\"soon\": null}}')"),
+            format!("{base}, rollups => '[1]')"),
+        ] {
+            let r = try_sql(&bad);
+            assert!(
+                matches!(r, Err((ref c, _, Some(_))) if c.contains("INVALID_PARAMETER_VALUE")),
+                "{bad}: {r:?}"
+            );
+        }
+    }
 }

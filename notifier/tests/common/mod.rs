@@ -58,7 +58,9 @@ pub async fn exec(cluster: &Arc<Cluster>, sql: &str) {
 
 pub async fn restart(cluster: &Arc<Cluster>) {
     let c = cluster.clone();
-    tokio::task::spawn_blocking(move || c.restart()).await.unwrap();
+    tokio::task::spawn_blocking(move || c.restart())
+        .await
+        .unwrap();
 }
 
 /// An async connection for writes in a loop.
@@ -82,8 +84,10 @@ pub async fn db_snapshot(cluster: &Cluster, kpi: &str) -> Value {
 
 /// A config for tests: the cluster's database, quick reconnects and timers.
 pub fn config(cluster: &Cluster) -> Config {
-    let mut c = Config::default();
-    c.database_url = Secret(cluster.database_url());
+    let mut c = Config {
+        database_url: Secret(cluster.database_url()),
+        ..Config::default()
+    };
     c.database.reconnect_min_ms = 50;
     c.database.reconnect_max_ms = 500;
     c.shutdown_grace_ms = 2_000;
@@ -255,7 +259,10 @@ impl WsClient {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             assert!(!left.is_zero(), "timed out waiting for {kpi} to match");
             let v = self.json(left).await;
-            if v["kpi"] == kpi && matches!(v["type"].as_str(), Some("snapshot" | "update")) && pred(&v) {
+            if v["kpi"] == kpi
+                && matches!(v["type"].as_str(), Some("snapshot" | "update"))
+                && pred(&v)
+            {
                 return v;
             }
         }

@@ -1,7 +1,7 @@
 //! `kpi.create`: validate a definition completely, then create its objects, triggers
 //! and backfill in the caller's transaction, so a failure leaves nothing behind.
 
-use crate::catalog::Kpi;
+use crate::catalog::{Kpi, Tier};
 use crate::errors::{KpiError, KpiResult, OrRaise};
 use crate::expr::{analyze, type_name, Want};
 use crate::measures::{self, Measure};
@@ -29,7 +29,13 @@ fn create(
     bucket: Interval,
     retention: Option<Interval>,
     backfill: bool,
+    rollups: Option<pgrx::JsonB>,
 ) -> i32 {
+    let tiers = rollups
+        .map(|r| parse_rollups(&r.0, &bucket, retention.as_ref()))
+        .transpose()
+        .or_raise()
+        .unwrap_or_default();
     create_kpi(
         name,
         source,
@@ -40,8 +46,105 @@ fn create(
         bucket,
         retention,
         backfill,
+        tiers,
     )
     .or_raise()
+}
+
+fn rollup_error(message: String) -> KpiError {
+    KpiError::invalid(
+        message,
+        "Declare rollups as a JSON object of bucket width to retention, each width a multiple of the one before, e.g. '{\"1 hour\": \"90 days\", \"1 day\": \"2 years\"}' (null keeps forever).",
+    )
+}
+
+/// Parses `{"1 hour": "90 days", "1 day": null}` into storage tiers, finest first.
+fn parse_rollups(
+    json: &serde_json::Value,
+    bucket: &Interval,
+    retention: Option<&Interval>,
+) -> KpiResult<Vec<Tier>> {
+    let obj = match json {
+        serde_json::Value::Null => return Ok(Vec::new()),
+        serde_json::Value::Object(o) => o,
+        _ => return Err(rollup_error("rollups must be a JSON object".into())),
+    };
+    let parse = |text: &str| -> KpiResult<Interval> {
+        PgTryBuilder::new(|| {
+            Spi::get_one_with_args::<Interval>("SELECT $1::interval", &[text.into()])
+                .ok()
+                .flatten()
+        })
+        .catch_others(|_| None)
+        .execute()
+        .ok_or_else(|| rollup_error(format!("invalid interval \"{text}\" in rollups")))
+    };
+    let mut tiers = Vec::new();
+    for (width_text, keep) in obj {
+        let width = parse(width_text)?;
+        let (months, width_us) = interval_us(&width);
+        if months != 0 || width_us <= 0 {
+            return Err(rollup_error(format!(
+                "rollup bucket {width} is not a positive fixed-width interval"
+            )));
+        }
+        let (keep_text, keep_us) = match keep {
+            serde_json::Value::Null => (None, None),
+            serde_json::Value::String(k) => {
+                let i = parse(k)?;
+                let (m, us) = interval_us(&i);
+                (
+                    Some(i.to_string()),
+                    Some(i64::from(m) * 30 * USECS_PER_DAY + us),
+                )
+            }
+            _ => {
+                return Err(rollup_error(format!(
+                    "retention of rollup {width_text} must be a string or null"
+                )))
+            }
+        };
+        if keep_us.is_some_and(|k| k < width_us) {
+            return Err(rollup_error(format!(
+                "retention of rollup {width} is shorter than its bucket"
+            )));
+        }
+        tiers.push(Tier {
+            bucket: width.to_string(),
+            bucket_us: width_us,
+            retention: keep_text,
+            retention_us: keep_us,
+        });
+    }
+    tiers.sort_by_key(|t| t.bucket_us);
+    let (_, base_us) = interval_us(bucket);
+    let mut below = (bucket.to_string(), base_us);
+    for t in &tiers {
+        if below.1 <= 0 || t.bucket_us <= below.1 || t.bucket_us % below.1 != 0 {
+            return Err(rollup_error(format!(
+                "rollup bucket {} is not a multiple of the tier below it ({})",
+                t.bucket, below.0
+            )));
+        }
+        below = (t.bucket.clone(), t.bucket_us);
+    }
+    // Coarser tiers keep longer: a rollup kept shorter than the base would never be read.
+    let base_keep = retention.map(|r| {
+        let (m, us) = interval_us(r);
+        i64::from(m) * 30 * USECS_PER_DAY + us
+    });
+    let shorter = base_keep.and_then(|base| {
+        tiers
+            .iter()
+            .find(|t| t.retention_us.is_some_and(|k| k < base))
+    });
+    if let Some(t) = shorter {
+        return Err(rollup_error(format!(
+            "rollup {} is kept for less time than the KPI's own buckets",
+            t.bucket
+        )));
+    }
+    Ok(tiers)
 }
 
 /// Resolves a table name the way `::regclass` does, with a hint when it does not exist.
@@ -172,6 +275,7 @@ pub fn create_kpi(
     bucket: Interval,
     retention: Option<Interval>,
     backfill: bool,
+    rollups: Vec<Tier>,
 ) -> KpiResult<i32> {
     names::check("KPI", name)?;
     let dimensions: Vec<String> = dimensions
@@ -249,14 +353,16 @@ pub fn create_kpi(
                 "Pick another name, or drop the existing KPI first with kpi.drop(name).",
             ));
         }
+        let rollups_json = serde_json::to_string(&rollups)
+            .map_err(|e| KpiError::internal(format!("serialize rollups: {e}")))?;
         let measures_json = serde_json::to_string(&v.measures)
             .map_err(|e| KpiError::internal(format!("serialize measures: {e}")))?;
         let id = Spi::get_one_with_args::<i32>(
             "INSERT INTO kpi.definitions
                  (name, source, time_column, time_type, measures, dimensions, dimension_types,
-                  filter, bucket, retention, owner, version)
+                  filter, bucket, retention, owner, version, rollups)
              VALUES ($1, $2::oid::regclass, $3, $4::oid::regtype, $5::jsonb, $6,
-                     $7::text[]::regtype[], $8, $9, $10, $11::oid::regrole, 1)
+                     $7::text[]::regtype[], $8, $9, $10, $11::oid::regrole, 1, $12::jsonb)
              RETURNING id",
             &[
                 name.into(),
@@ -270,12 +376,15 @@ pub fn create_kpi(
                 bucket.into(),
                 retention.into(),
                 owner.into(),
+                rollups_json.as_str().into(),
             ],
         )?
         .ok_or_else(|| KpiError::internal("INSERT … RETURNING id returned nothing"))?;
         let kpi = Kpi::by_name(name)?;
-        Spi::run(&ddl::create_agg_table(&kpi))?;
-        Spi::run(&ddl::create_state_view(&kpi))?;
+        for t in 0..kpi.tiers.len() {
+            Spi::run(&ddl::create_agg_table(&kpi, t))?;
+            Spi::run(&ddl::create_state_view(&kpi, t))?;
+        }
         Spi::run(&ddl::create_view(&kpi))?;
         let role = Spi::get_one_with_args::<String>(
             "SELECT quote_ident(rolname) FROM pg_catalog.pg_roles WHERE oid = $1",
@@ -289,7 +398,9 @@ pub fn create_kpi(
         ))?;
         triggers::install(&kpi)?;
         if backfill {
-            Spi::run(&ddl::backfill(&kpi))?;
+            for t in 0..kpi.tiers.len() {
+                Spi::run(&ddl::backfill(&kpi, t))?;
+            }
         }
         crate::fold::notify_versions(&[(kpi.name.clone(), 1)])?;
         Ok(id)

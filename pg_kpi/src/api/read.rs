@@ -62,15 +62,19 @@ fn dims_filter(k: &Kpi, dims: &serde_json::Value) -> KpiResult<(String, String)>
     Ok((on_state, on_source))
 }
 
-fn width_sql(k: &Kpi) -> String {
-    format!("{}::interval", quote_literal(&k.bucket))
+const USECS_PER_DAY: i64 = 86_400_000_000;
+
+/// An interval's length in microseconds (months counted as 30 days).
+fn interval_us(i: &Interval) -> i64 {
+    i64::from(i.months()) * 30 * USECS_PER_DAY + i64::from(i.days()) * USECS_PER_DAY + i.micros()
 }
 
-/// SQL for finalized measure values over state rows in `[lo, hi)`, grouped by `group`
-/// (an expression over `s`, exposed as `s._g`). `group_lo`/`group_hi` bound each
-/// group's rows for min/max rescans, `extra_source_pred` restricts rescanned rows.
+/// SQL for finalized measure values over the state rows of one tier in `[lo, hi)`,
+/// grouped by `group` (an expression over `s`, exposed as `s._g`). `group_lo`/`group_hi`
+/// bound each group's source rows for rescans; `dims_source` restricts them.
 struct Query<'a> {
     k: &'a Kpi,
+    tier: usize,
     lo: String,
     hi: String,
     group: String,
@@ -80,7 +84,22 @@ struct Query<'a> {
     dims_source: String,
 }
 
-impl Query<'_> {
+impl<'a> Query<'a> {
+    /// One group over `[lo, hi)`.
+    fn window(k: &'a Kpi, tier: usize, lo: String, hi: String, dims: &(String, String)) -> Self {
+        Query {
+            k,
+            tier,
+            group: "0".into(),
+            group_lo: lo.clone(),
+            group_hi: hi.clone(),
+            lo,
+            hi,
+            dims_state: dims.0.clone(),
+            dims_source: dims.1.clone(),
+        }
+    }
+
     fn measure(&self, i: usize) -> String {
         let rescan = self
             .k
@@ -96,7 +115,7 @@ impl Query<'_> {
             "(SELECT {group} AS _g, s.* FROM {state} s
                WHERE s.bucket >= ({lo}) AND s.bucket < ({hi}){dims}) s",
             group = self.group,
-            state = self.k.state_view(),
+            state = self.k.state_view_of(self.tier),
             lo = self.lo,
             hi = self.hi,
             dims = self.dims_state,
@@ -104,8 +123,9 @@ impl Query<'_> {
     }
 }
 
-fn window_bounds(k: &Kpi, end: &str, window: &str) -> (String, String) {
-    let w = width_sql(k);
+/// Buckets of tier `t` overlapping `[end - window, end]`.
+fn window_bounds(k: &Kpi, t: usize, end: &str, window: &str) -> (String, String) {
+    let w = k.width_sql(t);
     (
         format!("date_bin({w}, ({end}) - ({window}), {ORIGIN})"),
         format!("date_bin({w}, {end}, {ORIGIN}) + {w}"),
@@ -117,18 +137,10 @@ fn value(name: &str, measure: &str, window: Interval, dims: JsonB) -> Option<Any
     (|| -> KpiResult<Option<AnyNumeric>> {
         let k = readable(name)?;
         let i = k.measure_index(measure)?;
-        let (dims_state, dims_source) = dims_filter(&k, &dims.0)?;
-        let (lo, hi) = window_bounds(&k, "now()", "$1");
-        let q = Query {
-            k: &k,
-            lo: lo.clone(),
-            hi: hi.clone(),
-            group: "0".into(),
-            group_lo: lo,
-            group_hi: hi,
-            dims_state,
-            dims_source,
-        };
+        let dims = dims_filter(&k, &dims.0)?;
+        let t = k.pick_tier(interval_us(&window), None);
+        let (lo, hi) = window_bounds(&k, t, "now()", "$1");
+        let q = Query::window(&k, t, lo, hi, &dims);
         let sql = format!("SELECT {} FROM {}", q.measure(i), q.from());
         as_extension_owner(|| {
             Ok(Spi::get_one_with_args::<AnyNumeric>(
@@ -139,6 +151,13 @@ fn value(name: &str, measure: &str, window: Interval, dims: JsonB) -> Option<Any
     })()
     .or_raise()
 }
+
+type SeriesRow = (
+    TimestampWithTimeZone,
+    Option<AnyNumeric>,
+    Option<AnyNumeric>,
+    Option<AnyNumeric>,
+);
 
 #[pg_extern(schema = "kpi", name = "_series", stable, parallel_safe)]
 fn series(
@@ -153,47 +172,73 @@ fn series(
     (
         name!(bucket, TimestampWithTimeZone),
         name!(value, Option<AnyNumeric>),
+        name!(day_ago, Option<AnyNumeric>),
+        name!(week_ago, Option<AnyNumeric>),
     ),
 > {
-    let rows = (|| -> KpiResult<Vec<(TimestampWithTimeZone, Option<AnyNumeric>)>> {
+    let rows = (|| -> KpiResult<Vec<SeriesRow>> {
         let k = readable(name)?;
         let i = k.measure_index(measure)?;
-        let (dims_state, dims_source) = dims_filter(&k, &dims.0)?;
-        let step_sql = match &step {
+        let dims = dims_filter(&k, &dims.0)?;
+        let span = Spi::get_one_with_args::<i64>(
+            "SELECT greatest((extract(epoch FROM now() - $1) * 1000000)::bigint, 0)",
+            &[since.into()],
+        )?
+        .unwrap_or(0);
+        let step_us = match &step {
             Some(s) => {
-                let us = i64::from(s.days()) * 86_400_000_000 + s.micros();
+                let us = interval_us(s);
                 if s.months() != 0 || us <= 0 || us % k.bucket_us != 0 {
                     return Err(KpiError::invalid(
                         format!("step {s} is not a positive multiple of the KPI's bucket {}", k.bucket),
                         "Use the bucket width or a multiple of it, such as '1 hour' for a 1-minute KPI.",
                     ));
                 }
-                "$3::interval".to_string()
+                us
             }
-            None => width_sql(&k),
+            None => k.tiers[k.pick_tier(span, None)].bucket_us,
         };
-        let q = Query {
-            k: &k,
-            lo: format!("date_bin({step_sql}, $1, {ORIGIN})"),
-            hi: "$2".into(),
-            group: format!("date_bin({step_sql}, s.bucket, {ORIGIN})"),
-            group_lo: "s._g".into(),
-            group_hi: format!("s._g + {step_sql}"),
-            dims_state,
-            dims_source,
-        };
+        let step_sql = format!("make_interval(secs => {step_us}::numeric / 1000000)");
+        // The series itself, then the same steps one day and one week earlier.
+        let mut ctes = Vec::new();
+        for (j, offset) in [(0, "0"), (1, "1 day"), (2, "7 days")] {
+            let off_us = [0, USECS_PER_DAY, 7 * USECS_PER_DAY][j];
+            let t = k.pick_tier(span + off_us, Some(step_us));
+            let off = format!("interval '{offset}'");
+            let q = Query {
+                k: &k,
+                tier: t,
+                lo: format!("date_bin({step_sql}, $1, {ORIGIN}) - {off}"),
+                hi: format!("$2::timestamptz - {off} + {step_sql}"),
+                group: format!("date_bin({step_sql}, s.bucket, {ORIGIN}) + {off}"),
+                group_lo: format!("s._g - {off}"),
+                group_hi: format!("s._g - {off} + {step_sql}"),
+                dims_state: dims.0.clone(),
+                dims_source: dims.1.clone(),
+            };
+            ctes.push(format!("v{j} AS (SELECT s._g, {} AS v FROM {} GROUP BY s._g)", q.measure(i), q.from()));
+        }
         let zero = if k.measures[i].result_type() == "bigint" { "0" } else { "NULL" };
         let sql = format!(
-            "WITH v AS (SELECT s._g, {m} AS v FROM {from} GROUP BY s._g)
-             SELECT g.b, coalesce(v.v, {zero}) FROM generate_series(date_bin({step_sql}, $1, {ORIGIN}), $2, {step_sql}) g(b)
-               LEFT JOIN v ON v._g = g.b ORDER BY g.b",
-            m = q.measure(i),
-            from = q.from(),
+            "WITH {ctes}
+             SELECT g.b, coalesce(v0.v, {zero}), coalesce(v1.v, {zero}), coalesce(v2.v, {zero})
+               FROM generate_series(date_bin({step_sql}, $1, {ORIGIN}), $2, {step_sql}) g(b)
+               LEFT JOIN v0 ON v0._g = g.b LEFT JOIN v1 ON v1._g = g.b LEFT JOIN v2 ON v2._g = g.b
+              ORDER BY g.b",
+            ctes = ctes.join(", "),
         );
         as_extension_owner(|| {
             Spi::connect(|c| {
-                c.select(&sql, None, &[since.into(), until.into(), step.into()])?
-                    .map(|r| Ok((r.get::<TimestampWithTimeZone>(1)?.ok_or_else(|| KpiError::internal("null bucket"))?, r.get::<AnyNumeric>(2)?)))
+                c.select(&sql, None, &[since.into(), until.into()])?
+                    .map(|r| {
+                        Ok((
+                            r.get::<TimestampWithTimeZone>(1)?
+                                .ok_or_else(|| KpiError::internal("null bucket"))?,
+                            r.get::<AnyNumeric>(2)?,
+                            r.get::<AnyNumeric>(3)?,
+                            r.get::<AnyNumeric>(4)?,
+                        ))
+                    })
                     .collect::<KpiResult<Vec<_>>>()
             })
         })
@@ -221,17 +266,11 @@ fn top(
         let i = k.measure_index(measure)?;
         k.dimension_index(dimension)?;
         let col = quote_identifier(dimension);
-        let (lo, hi) = window_bounds(&k, "now()", "$1");
-        let q = Query {
-            k: &k,
-            lo: lo.clone(),
-            hi: hi.clone(),
-            group: format!("s.{col}::text"),
-            group_lo: lo,
-            group_hi: hi,
-            dims_state: String::new(),
-            dims_source: format!(" AND r.{col}::text IS NOT DISTINCT FROM s._g"),
-        };
+        let t = k.pick_tier(interval_us(&window), None);
+        let (lo, hi) = window_bounds(&k, t, "now()", "$1");
+        let mut q = Query::window(&k, t, lo, hi, &(String::new(), String::new()));
+        q.group = format!("s.{col}::text");
+        q.dims_source = format!(" AND r.{col}::text IS NOT DISTINCT FROM s._g");
         let sql = format!(
             "SELECT s._g, {m} AS v FROM {from} GROUP BY s._g HAVING sum(s._n) <> 0
               ORDER BY v DESC NULLS LAST, s._g LIMIT $2",
@@ -255,18 +294,24 @@ fn top(
 fn snapshot(name: &str) -> JsonB {
     (|| -> KpiResult<JsonB> {
         let k = readable(name)?;
-        let w = width_sql(&k);
+        let hour = "interval '1 hour'";
+        // (label, how far back the range reaches, end of the range, its length)
         let ranges = [
-            ("today", format!("date_bin({w}, date_trunc('day', now()), {ORIGIN})"), format!("date_bin({w}, now(), {ORIGIN}) + {w}")),
-            ("window", window_bounds(&k, "now()", "interval '1 hour'").0, window_bounds(&k, "now()", "interval '1 hour'").1),
-            ("window_day_ago", window_bounds(&k, "now() - interval '1 day'", "interval '1 hour'").0, window_bounds(&k, "now() - interval '1 day'", "interval '1 hour'").1),
-            ("window_week_ago", window_bounds(&k, "now() - interval '7 days'", "interval '1 hour'").0, window_bounds(&k, "now() - interval '7 days'", "interval '1 hour'").1),
+            ("today", USECS_PER_DAY, "now()", "now() - date_trunc('day', now())"),
+            ("window", USECS_PER_DAY / 24, "now()", hour),
+            ("window_day_ago", USECS_PER_DAY * 25 / 24, "now() - interval '1 day'", hour),
+            ("window_week_ago", USECS_PER_DAY * 7 + USECS_PER_DAY / 24, "now() - interval '7 days'", hour),
         ];
+        let none = (String::new(), String::new());
         let mut froms = Vec::new();
         let mut per_measure: Vec<Vec<String>> = vec![Vec::new(); k.measures.len()];
-        for (j, (label, lo, hi)) in ranges.iter().enumerate() {
-            let q = Query { k: &k, lo: lo.clone(), hi: hi.clone(), group: "0".into(), group_lo: lo.clone(), group_hi: hi.clone(), dims_state: String::new(), dims_source: String::new() };
-            let cols: Vec<String> = (0..k.measures.len()).map(|i| format!("{} AS m{i}", q.measure(i))).collect();
+        for (j, (label, reach, end, len)) in ranges.iter().enumerate() {
+            let t = k.pick_tier(*reach, None);
+            let (lo, hi) = window_bounds(&k, t, end, len);
+            let q = Query::window(&k, t, lo, hi, &none);
+            let cols: Vec<String> = (0..k.measures.len())
+                .map(|i| format!("{} AS m{i}", q.measure(i)))
+                .collect();
             froms.push(format!("(SELECT {} FROM {}) r{j}", cols.join(", "), q.from()));
             for (i, pm) in per_measure.iter_mut().enumerate() {
                 pm.push(format!("'{label}', r{j}.m{i}"));
@@ -288,7 +333,11 @@ fn snapshot(name: &str) -> JsonB {
         );
         let bucket = k.bucket.clone();
         as_extension_owner(|| {
-            let version = Spi::get_one_with_args::<i64>("SELECT version FROM kpi.definitions WHERE id = $1", &[k.id.into()])?.unwrap_or(k.version);
+            let version = Spi::get_one_with_args::<i64>(
+                "SELECT version FROM kpi.definitions WHERE id = $1",
+                &[k.id.into()],
+            )?
+            .unwrap_or(k.version);
             Spi::get_one_with_args::<JsonB>(
                 &sql,
                 &[k.name.as_str().into(), version.into(), bucket.as_str().into(), k.dimensions.clone().into()],

@@ -44,8 +44,10 @@ fn reset(rel: pg_sys::Oid) -> KpiResult<()> {
             "UPDATE kpi.deltas SET batch = batch - $1 WHERE batch ? $1",
             &[kpi.id.to_string().into()],
         )?;
-        Spi::run(&format!("DELETE FROM {}", kpi.agg_table()))?;
-        Spi::run(&ddl::backfill(&kpi))?;
+        for t in 0..kpi.tiers.len() {
+            Spi::run(&format!("DELETE FROM {}", kpi.agg_table_of(t)))?;
+            Spi::run(&ddl::backfill(&kpi, t))?;
+        }
         bumped.push(kpi.id);
     }
     let versions = crate::fold::bump_versions(&bumped)?;

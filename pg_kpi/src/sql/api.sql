@@ -25,24 +25,25 @@ CREATE FUNCTION kpi.create(
     filter      text     DEFAULT NULL,
     bucket      interval DEFAULT '1 minute',
     retention   interval DEFAULT NULL,
-    backfill    boolean  DEFAULT true)
+    backfill    boolean  DEFAULT true,
+    rollups     jsonb    DEFAULT NULL)
 RETURNS integer LANGUAGE sql VOLATILE AS $$
     SELECT kpi._create(name, kpi._resolve_table(source), time_column, measures, coalesce(dimensions, '{}'),
-                       filter, bucket, retention, coalesce(backfill, true))
+                       filter, bucket, retention, coalesce(backfill, true), rollups)
 $$;
-COMMENT ON FUNCTION kpi.create(text, text, text, text, text[], text, interval, interval, boolean) IS
+COMMENT ON FUNCTION kpi.create(text, text, text, text, text[], text, interval, interval, boolean, jsonb) IS
 'Defines a KPI over a table: measures per time bucket and dimension values, kept exact by triggers. Returns its id.';
 
 -- The same with the source given as a regclass value.
 CREATE FUNCTION kpi.create(
     name text, source regclass, time_column text, measures text, dimensions text[] DEFAULT '{}',
     filter text DEFAULT NULL, bucket interval DEFAULT '1 minute', retention interval DEFAULT NULL,
-    backfill boolean DEFAULT true)
+    backfill boolean DEFAULT true, rollups jsonb DEFAULT NULL)
 RETURNS integer LANGUAGE sql VOLATILE AS $$
     SELECT kpi._create(name, source::oid, time_column, measures, coalesce(dimensions, '{}'),
-                       filter, bucket, retention, coalesce(backfill, true))
+                       filter, bucket, retention, coalesce(backfill, true), rollups)
 $$;
-COMMENT ON FUNCTION kpi.create(text, regclass, text, text, text[], text, interval, interval, boolean) IS
+COMMENT ON FUNCTION kpi.create(text, regclass, text, text, text[], text, interval, interval, boolean, jsonb) IS
 'Defines a KPI over a table given as a regclass. Returns its id.';
 
 CREATE FUNCTION kpi.drop(name text, if_exists boolean DEFAULT false)
@@ -75,10 +76,10 @@ COMMENT ON FUNCTION kpi.value(text, text, interval, jsonb) IS 'A measure over th
 
 CREATE FUNCTION kpi.series(name text, measure text, since timestamptz, until timestamptz DEFAULT now(),
                            step interval DEFAULT NULL, dims jsonb DEFAULT '{}')
-RETURNS TABLE (bucket timestamptz, value numeric) LANGUAGE sql STABLE AS $$
+RETURNS TABLE (bucket timestamptz, value numeric, day_ago numeric, week_ago numeric) LANGUAGE sql STABLE AS $$
     SELECT * FROM kpi._series(name, measure, since, until, step, coalesce(dims, '{}'))
 $$;
-COMMENT ON FUNCTION kpi.series(text, text, timestamptz, timestamptz, interval, jsonb) IS 'A measure per step from since to until, gap-filled (counts 0, others NULL).';
+COMMENT ON FUNCTION kpi.series(text, text, timestamptz, timestamptz, interval, jsonb) IS 'A measure per step from since to until, gap-filled (counts 0, others NULL), with the same steps one day and one week earlier. Reads the finest rollup tier that still holds the range.';
 
 CREATE FUNCTION kpi.top(name text, measure text, dimension text, "window" interval DEFAULT '1 hour', n integer DEFAULT 10)
 RETURNS TABLE (dimension_value text, value numeric) LANGUAGE sql STABLE AS $$

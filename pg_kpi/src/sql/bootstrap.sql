@@ -20,6 +20,8 @@ CREATE TABLE kpi.definitions (
     filter      text,
     bucket      interval NOT NULL,
     retention   interval,
+    -- Coarser storage tiers: [{"bucket","bucket_us","retention","retention_us"}, …].
+    rollups     jsonb NOT NULL DEFAULT '[]',
     owner       regrole NOT NULL,
     version     bigint NOT NULL DEFAULT 0,
     created_at  timestamptz NOT NULL DEFAULT now()
