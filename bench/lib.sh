@@ -22,13 +22,56 @@ as_pg() {
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
+# Where pg_kpi's files come from: the system installation, or the output of
+# `cargo pgrx package --out-dir DIR` when PG_KPI_PACKAGE=DIR (a release build that
+# `cargo pgrx test`, which installs a debug build, cannot overwrite).
+PG_KPI_PACKAGE="${PG_KPI_PACKAGE:-}"
+
 require_extension() {
-    local sharedir
-    sharedir="$("$PG_BIN/pg_config" --sharedir)"
+    local sharedir pkglibdir
+    sharedir="$PG_KPI_PACKAGE$("$PG_BIN/pg_config" --sharedir)"
+    pkglibdir="$PG_KPI_PACKAGE$("$PG_BIN/pg_config" --pkglibdir)"
     if [ ! -f "$sharedir/extension/pg_kpi.control" ]; then
-        echo "pg_kpi is not installed: run 'cargo pgrx install --release' in pg_kpi/ first" >&2
+        echo "pg_kpi is not installed in ${PG_KPI_PACKAGE:-the system}:" \
+            "run 'cargo pgrx install --release' in pg_kpi/ first" >&2
         exit 1
     fi
+    # `cargo pgrx test` installs a debug build; measuring that would be meaningless.
+    if readelf -S "$pkglibdir/pg_kpi.so" 2>/dev/null | grep -q '\.debug_info'; then
+        log "WARNING: the installed pg_kpi.so has debug info: is it a debug build?" \
+            "Run 'cargo pgrx install --release' in pg_kpi/ for meaningful figures."
+    fi
+}
+
+# Runs the cluster from a private copy of the installation in $PGDIR/install, because
+# `cargo pgrx install` rewrites pg_kpi.so in place and a server that has it mapped then
+# crashes (SIGBUS). Postgres finds its lib and share directories relative to its own
+# executable, so the binaries are copied, pg_kpi's files too, and the rest is symlinked.
+snapshot_install() {
+    local bindir pkglibdir sharedir root="$PGDIR/install" f
+    bindir="$("$PG_BIN/pg_config" --bindir)"
+    pkglibdir="$("$PG_BIN/pg_config" --pkglibdir)"
+    sharedir="$("$PG_BIN/pg_config" --sharedir)"
+    mkdir -p "$root$bindir" "$root$pkglibdir" "$root$sharedir/extension"
+    cp -p "$bindir"/* "$root$bindir/"
+    for f in "$pkglibdir"/*; do
+        case "$(basename "$f")" in
+        pg_kpi*) ;;
+        *) ln -s "$f" "$root$pkglibdir/" ;;
+        esac
+    done
+    cp -p "$PG_KPI_PACKAGE$pkglibdir"/pg_kpi* "$root$pkglibdir/"
+    for f in "$sharedir"/*; do
+        [ "$(basename "$f")" = extension ] || ln -s "$f" "$root$sharedir/"
+    done
+    for f in "$sharedir"/extension/*; do
+        case "$(basename "$f")" in
+        pg_kpi*) ;;
+        *) ln -s "$f" "$root$sharedir/extension/" ;;
+        esac
+    done
+    cp -p "$PG_KPI_PACKAGE$sharedir"/extension/pg_kpi* "$root$sharedir/extension/"
+    PG_BIN="$root$bindir"
 }
 
 free_port() {
@@ -43,18 +86,18 @@ start_cluster() {
     if [ "$(id -u)" = 0 ]; then
         # The data directory and its parents must be reachable by postgres.
         chmod a+rx "$REPO_DIR/target" "$CLUSTER_ROOT"
-        chown postgres:postgres "$PGDIR"
     fi
-    chmod 700 "$PGDIR"
     PORT="$(free_port)"
     trap stop_cluster EXIT
+    snapshot_install
+    chmod -R a+rX "$PGDIR"
+    if [ "$(id -u)" = 0 ]; then chown postgres:postgres "$PGDIR"; fi
     as_pg "$PG_BIN/initdb" -A trust -U postgres -E UTF8 --no-sync -D "$PGDIR/data" >/dev/null
-    # shellcheck disable=SC2086  # BENCH_PG_OPTS holds several options on purpose
-    as_pg "$PG_BIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/server.log" -w -t 60 \
-        -o "-p $PORT -k $PGDIR -c listen_addresses=127.0.0.1 -c max_connections=50
-            -c shared_buffers=256MB -c max_wal_size=4GB -c checkpoint_timeout=30min
-            -c shared_preload_libraries=pg_kpi -c pg_kpi.databases=$DB $BENCH_PG_OPTS" \
-        start >/dev/null
+    # One line: pg_ctl passes -o through a shell, where a newline would end the command.
+    local opts="-p $PORT -k $PGDIR -c listen_addresses=127.0.0.1 -c max_connections=50"
+    opts+=" -c shared_buffers=256MB -c max_wal_size=4GB -c checkpoint_timeout=30min"
+    opts+=" -c shared_preload_libraries=pg_kpi -c pg_kpi.databases=$DB $BENCH_PG_OPTS"
+    as_pg "$PG_BIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/server.log" -w -t 60 -o "$opts" start >/dev/null
     psql_db postgres -c "CREATE DATABASE $DB" >/dev/null
     psql_db "$DB" -c "CREATE EXTENSION pg_kpi" >/dev/null
     log "cluster on port $PORT in $PGDIR"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every write-path benchmark and writes what they print to bench/results/latest.txt
-# as well as stdout. Assumes `cargo pgrx install --release` was run in pg_kpi/.
+# as well as stdout. Assumes `cargo pgrx install --release` was run in pg_kpi/, or
+# PG_KPI_PACKAGE=DIR pointing at `cargo pgrx package --out-dir DIR` output.
 #   DURATION=30 (write_overhead, seconds per run)   ROWS=1000000 (copy)   ROUNDS=1
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -9,6 +10,7 @@ out=results/latest.txt
 {
     echo "pg_kpi write-path benchmarks, $(date -u '+%Y-%m-%d %H:%M:%SZ')"
     echo "host: $(nproc) cores, $(uname -sr), $(/usr/lib/postgresql/15/bin/postgres --version)"
+    echo "pg_kpi from: ${PG_KPI_PACKAGE:-the system installation}"
     echo "settings: DURATION=${DURATION:-30} ROWS=${ROWS:-1000000} ROUNDS=${ROUNDS:-1} BENCH_PG_OPTS='${BENCH_PG_OPTS:--c synchronous_commit=off}'"
     echo
     ./write_overhead.sh

@@ -108,7 +108,10 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), check_origin))
         .layer(cors)
         .layer(middleware::from_fn_with_state(state.clone(), count_errors))
-        .layer(TraceLayer::new_for_http())
+        // Spans carry the path only: the query string may hold a token.
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
+        }))
         .with_state(state)
 }
 

@@ -274,11 +274,13 @@ impl Listener {
         let mut names = Vec::with_capacity(kpis.len());
         let mut first_notified = None;
         for (name, (version, at)) in &kpis {
-            // A notification can trail a reload that already saw its version.
+            // A notification can trail a reload that already saw its version. Only an
+            // equal version is skipped: a lower one may be a re-created KPI whose versions
+            // started over.
             if self
                 .hub
                 .current(name)
-                .is_some_and(|s| s.version >= *version)
+                .is_some_and(|s| s.version == *version)
             {
                 continue;
             }

@@ -127,30 +127,63 @@ fn merge(k: &Kpi, t: usize, entries: &str) -> KpiResult<()> {
         .map(|(i, _)| format!("_m{i}_dirty"))
         .collect();
     if !dirty.is_empty() {
-        let width = k.width_sql(t);
-        let hi = format!("s.bucket + {width}");
-        let dims = ddl::same_dims_pred(k);
-        let repairs: Vec<String> = k
-            .measures
+        // One grouped scan of the source over the dirty buckets' time range, rather than
+        // one scan per dirty group.
+        let dims = k.dim_cols();
+        let mut rescans = Vec::new();
+        let mut sets = Vec::new();
+        for (i, m) in k.measures.iter().enumerate() {
+            if let (Some(agg), Some(expr)) = (m.rescan_agg(), m.expr.as_deref()) {
+                rescans.push(format!("{} AS v{i}", agg.replace("{}", expr)));
+                sets.push(format!("{} = x.v{i}", m.rescan_column(i)));
+            }
+        }
+        let mut rkeys = vec![format!("{} AS bucket", k.tier_bucket_of_row_sql("r", t))];
+        rkeys.extend(dims.iter().map(|d| format!("r.{d}")));
+        let group_by: Vec<String> = (1..=rkeys.len()).map(|n| n.to_string()).collect();
+        let on: Vec<String> = keys
             .iter()
-            .enumerate()
-            .filter_map(|(i, m)| {
-                k.rescan_sql(i, "s.bucket", &hi, &dims)
-                    .map(|sub| format!("{} = ({sub})", m.rescan_column(i)))
-            })
+            .map(|c| format!("r.{c} IS NOT DISTINCT FROM g.{c}"))
+            .collect();
+        let x_cols: Vec<String> = keys
+            .iter()
+            .map(|c| format!("g.{c}"))
+            .chain(
+                k.measures
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, m)| m.rescan_agg().is_some())
+                    .map(|(i, _)| format!("r.v{i}")),
+            )
             .collect();
         let join: Vec<String> = keys
             .iter()
-            .map(|c| format!("s.{c} IS NOT DISTINCT FROM g.{c}"))
+            .map(|c| format!("s.{c} IS NOT DISTINCT FROM x.{c}"))
             .collect();
+        let only = if k.partitioned { "" } else { "ONLY " };
+        let range = k.time_range_sql(
+            "r",
+            "(SELECT min(bucket) FROM g)",
+            &format!("(SELECT max(bucket) FROM g) + {}", k.width_sql(t)),
+        );
         let repair = format!(
-            "UPDATE {agg} s SET {repairs}
-               FROM (SELECT DISTINCT {keys} FROM {source} e WHERE {dirty}) g
-              WHERE s.bucket = g.bucket AND {join}",
-            agg = k.agg_table_of(t),
-            repairs = repairs.join(", "),
+            "WITH g AS MATERIALIZED (SELECT DISTINCT {keys} FROM {source} e WHERE {dirty}),
+                  r AS MATERIALIZED (SELECT {rkeys}, {rescans} FROM {only}{src} r
+                         WHERE {counted} AND {range} GROUP BY {group_by})
+             UPDATE {agg} s SET {sets}
+               FROM (SELECT {x_cols} FROM g LEFT JOIN r ON {on}) x
+              WHERE s.bucket = x.bucket AND {join}",
             keys = keys.join(", "),
             dirty = dirty.join(" OR "),
+            rkeys = rkeys.join(", "),
+            rescans = rescans.join(", "),
+            src = k.source_sql,
+            counted = k.counted_rows_sql("r"),
+            group_by = group_by.join(", "),
+            agg = k.agg_table_of(t),
+            sets = sets.join(", "),
+            x_cols = x_cols.join(", "),
+            on = on.join(" AND "),
             join = join.join(" AND "),
         );
         Spi::run_with_args(&repair, &[entries.into()])?;

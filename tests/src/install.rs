@@ -98,7 +98,7 @@ fn build(root: &Path, l: &Layout) -> io::Result<()> {
 }
 
 /// Snapshots older than this, other than the current one, are removed.
-const KEEP_OLD: Duration = Duration::from_secs(3 * 3600);
+const KEEP_OLD: Duration = Duration::from_secs(3600);
 
 fn remove_stale(base: &Path, current: &Path) {
     let Ok(entries) = fs::read_dir(base) else {
@@ -150,7 +150,11 @@ pub fn private_bin_dir(system_bin: &Path) -> Option<PathBuf> {
         }
         if root.join(".complete").exists() {
             // The servers run as `postgres` when we are root: it must read the snapshot.
-            let _ = Command::new("chmod").arg("-R").arg("a+rX").arg(&base).status();
+            let _ = Command::new("chmod")
+                .arg("-R")
+                .arg("a+rX")
+                .arg(&base)
+                .status();
             remove_stale(&base, &root);
             return Some(under(&root, &l.bin));
         }

@@ -4,7 +4,7 @@
 //! Each check runs in one REPEATABLE READ transaction, so it is valid while writers and
 //! the fold worker are running: the view (aggregates ∪ pending deltas) and the source
 //! are read from the same snapshot, and a fold is one transaction, so it is either
-//! entirely visible or not at all.
+//! entirely visible or not at all. (TRUNCATE is the exception, see [`check`].)
 
 use postgres::Client;
 
@@ -28,6 +28,10 @@ pub fn check(client: &mut Client, kpi: &KpiSpec) -> Result<(), String> {
         // set-returning expansion), so JIT compilation kicks in and costs more than the
         // query; the oracle checks correctness, not read speed.
         tx.batch_execute("SET LOCAL jit = off")?;
+        // TRUNCATE is not MVCC-safe: a snapshot taken before a concurrent TRUNCATE
+        // commits sees the source empty but the KPI's (MVCC) state as it was. Locking the
+        // source before the first query makes the snapshot wait for any TRUNCATE.
+        tx.batch_execute(&format!("LOCK TABLE {} IN ACCESS SHARE MODE", kpi.source))?;
         let counts = tx.query_one(
             &format!(
                 "SELECT (SELECT count(*) FROM (({view}) EXCEPT ALL ({oracle})) d),

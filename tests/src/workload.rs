@@ -229,8 +229,13 @@ impl Config {
 pub struct Report {
     pub committed: usize,
     pub rolled_back: usize,
-    /// Transactions rolled back by a deadlock or serialization failure.
+    /// Transactions rolled back by a deadlock or serialization failure between sessions.
     pub retried: usize,
+    /// The first few of those errors, to tell row-lock conflicts between sessions from
+    /// anything else.
+    pub retry_reasons: Vec<String>,
+    /// Committed TRUNCATE transactions.
+    pub truncated: usize,
     pub reconnects: usize,
     /// Unexpected errors, each with the statement that caused it.
     pub errors: Vec<String>,
@@ -240,6 +245,9 @@ pub struct Report {
 struct Failure {
     sql: String,
     error: postgres::Error,
+    /// Set for the TRUNCATE transaction, which holds every table exclusively and so has
+    /// no legitimate reason to deadlock: any error there is a failure.
+    strict: bool,
 }
 
 type Step<T = ()> = Result<T, Failure>;
@@ -250,6 +258,7 @@ struct Session<'a> {
     client: Client,
     rng: StdRng,
     table: String,
+    truncated: usize,
 }
 
 /// Connects, retrying for up to a minute (the server may be in crash recovery).
@@ -288,9 +297,11 @@ fn is_connection_loss(client: &Client, e: &postgres::Error) -> bool {
 
 impl Session<'_> {
     fn exec(&mut self, sql: String) -> Step {
-        self.client
-            .batch_execute(&sql)
-            .map_err(|error| Failure { sql, error })
+        self.client.batch_execute(&sql).map_err(|error| Failure {
+            sql,
+            error,
+            strict: false,
+        })
     }
 
     /// Runs a statement expected to fail with `code` after earlier rows of it already
@@ -298,7 +309,11 @@ impl Session<'_> {
     fn exec_failing(&mut self, sql: String, code: &SqlState) -> Step {
         match self.client.batch_execute(&sql) {
             Err(e) if e.code() == Some(code) => Ok(()),
-            Err(error) => Err(Failure { sql, error }),
+            Err(error) => Err(Failure {
+                sql,
+                error,
+                strict: false,
+            }),
             Ok(()) => Ok(()),
         }
     }
@@ -322,6 +337,7 @@ impl Session<'_> {
             .map_err(|error| Failure {
                 sql: format!("{} -- {n} rows", copy_sql(&table)),
                 error,
+                strict: false,
             })
     }
 
@@ -331,10 +347,11 @@ impl Session<'_> {
             "SELECT coalesce(min(id), 0), coalesce(max(id), 0) FROM {}",
             self.table
         );
-        let row = self
-            .client
-            .query_one(&sql, &[])
-            .map_err(|error| Failure { sql, error })?;
+        let row = self.client.query_one(&sql, &[]).map_err(|error| Failure {
+            sql,
+            error,
+            strict: false,
+        })?;
         Ok((row.get(0), row.get(1)))
     }
 
@@ -478,11 +495,14 @@ impl Session<'_> {
         let i = self.rng.random_range(0..self.cfg.tables.len());
         self.table = self.cfg.tables[i].clone();
         if let Some(at) = self.cfg.truncate_at {
+            let strict = |f: Failure| Failure { strict: true, ..f };
             if index == at {
-                return self.truncate_transaction(true);
+                let committed = self.truncate_transaction(true).map_err(strict)?;
+                self.truncated += 1;
+                return Ok(committed);
             }
             if index + 20 == at {
-                return self.truncate_transaction(false);
+                return self.truncate_transaction(false).map_err(strict);
             }
         }
         match self.rng.random_range(0..100) {
@@ -538,6 +558,7 @@ pub fn run(url: &str, cfg: &Config) -> Report {
         client,
         rng: StdRng::seed_from_u64(cfg.seed),
         table: cfg.tables[0].clone(),
+        truncated: 0,
     };
     for index in 0..cfg.transactions {
         if cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
@@ -546,7 +567,7 @@ pub fn run(url: &str, cfg: &Config) -> Report {
         match s.transaction(index) {
             Ok(true) => report.committed += 1,
             Ok(false) => report.rolled_back += 1,
-            Err(Failure { sql, error }) => {
+            Err(Failure { sql, error, strict }) => {
                 if is_connection_loss(&s.client, &error) {
                     if !cfg.survive_crashes {
                         report.errors.push(format!(
@@ -571,8 +592,13 @@ pub fn run(url: &str, cfg: &Config) -> Report {
                 }
                 let retryable = error.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
                     || error.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE);
-                if retryable {
+                if retryable && !strict {
                     report.retried += 1;
+                    if report.retry_reasons.len() < 5 {
+                        report
+                            .retry_reasons
+                            .push(format!("{sql} -> {}", describe_error(&error)));
+                    }
                 } else {
                     report
                         .errors
@@ -592,6 +618,7 @@ pub fn run(url: &str, cfg: &Config) -> Report {
             std::thread::sleep(cfg.pause);
         }
     }
+    report.truncated = s.truncated;
     report
 }
 
@@ -611,13 +638,18 @@ pub fn run_concurrently(url: &str, configs: &[Config]) -> Vec<Report> {
         .collect()
 }
 
-/// Panics listing every session's unexpected errors, if any.
-pub fn assert_no_errors(reports: &[Report]) {
-    let errors: Vec<String> = reports
+/// Every session's unexpected errors, labelled with the session.
+pub fn errors(reports: &[Report]) -> Vec<String> {
+    reports
         .iter()
         .enumerate()
         .flat_map(|(i, r)| r.errors.iter().map(move |e| format!("session {i}: {e}")))
-        .collect();
+        .collect()
+}
+
+/// Panics listing every session's unexpected errors, if any.
+pub fn assert_no_errors(reports: &[Report]) {
+    let errors = errors(reports);
     assert!(
         errors.is_empty(),
         "unexpected errors in the workload:\n{}",

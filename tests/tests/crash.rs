@@ -192,7 +192,8 @@ fn backend_killed_mid_transaction_and_mid_copy() {
 }
 
 /// Kills the fold worker while writers write and folds happen; the postmaster restarts
-/// it, and it must fold what was pending and what comes next.
+/// it (after restarting every backend: a killed worker counts as a crash), and it must
+/// fold what was pending and what comes next.
 #[test]
 fn fold_worker_killed_during_writes() {
     let cluster = Cluster::start();
@@ -211,15 +212,20 @@ fn fold_worker_killed_during_writes() {
             .any(|(k, v)| initial.get(k).is_some_and(|i| v > i)))
         .then_some(())
     });
-    std::thread::sleep(Duration::from_millis(500));
-    kill(old_pid, "9");
-
-    let new_pid = wait_for(
-        Duration::from_secs(60),
-        "the fold worker to restart",
-        || cluster.fold_worker_pid().filter(|p| *p != old_pid),
-    );
-    eprintln!("fold worker {old_pid} killed, restarted as {new_pid}");
+    // Three kills at different moments, so that at least one likely lands mid-fold
+    // (folds run every few tens of milliseconds while the writers write).
+    let mut pid = old_pid;
+    for delay_ms in [300, 550, 800] {
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        kill(pid, "9");
+        let killed = pid;
+        pid = wait_for(
+            Duration::from_secs(60),
+            "the fold worker to restart",
+            || cluster.fold_worker_pid().filter(|p| *p != killed),
+        );
+        eprintln!("fold worker {killed} killed, restarted as {pid}");
+    }
 
     // Writes go on with the new worker; the views stay exact meanwhile.
     std::thread::sleep(Duration::from_secs(2));

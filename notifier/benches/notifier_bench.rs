@@ -1,0 +1,503 @@
+//! Notifier benchmarks (run by `bench/notifier_bench.sh`; results are printed, never
+//! asserted):
+//!
+//! - freshness: commit-to-client latency p50/p99 while the database takes single-row
+//!   INSERTs at `FRESH_RATE`/s (default 2,000) from 4 connections;
+//! - fan-out: `FANOUT_CLIENTS` (default 10,000) WebSocket clients subscribed to a KPI
+//!   that changes `FANOUT_HZ` (default 10) times a second: delivery latency p50/p99
+//!   and the notifier's RSS.
+//!
+//! A real throwaway cluster (pg_kpi preloaded, fold worker on) and the real `notifier`
+//! binary in its own process, so its RSS and CPU are its own. Latency is measured in
+//! this process from the moment the INSERT's commit returned to the moment a client
+//! decoded a value that includes that row.
+#![allow(clippy::unwrap_used)] // a benchmark fails loudly
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use pg_kpi_e2e::Cluster;
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+const SETUP: &str = "CREATE TABLE orders(ts timestamptz NOT NULL DEFAULT now(), v int);
+    SELECT kpi.create(name => 'k', source => 'orders', time_column => 'ts',
+                      measures => 'n = count(*), total = sum(v)');";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The parts of a server message the benchmark reads.
+#[derive(Deserialize)]
+struct Msg {
+    #[serde(default)]
+    version: i64,
+    #[serde(default)]
+    data: Option<Data>,
+}
+#[derive(Deserialize)]
+struct Data {
+    measures: Measures,
+}
+#[derive(Deserialize)]
+struct Measures {
+    n: Window,
+}
+#[derive(Deserialize)]
+struct Window {
+    today: i64,
+}
+
+fn count_of(text: &str) -> Option<(i64, i64)> {
+    let m: Msg = serde_json::from_str(text).ok()?;
+    Some((m.version, m.data?.measures.n.today))
+}
+
+/// The notifier binary in its own process.
+struct NotifierProcess {
+    child: Child,
+    port: u16,
+}
+
+impl NotifierProcess {
+    fn spawn(cluster: &Cluster) -> NotifierProcess {
+        let port = pg_kpi_e2e::free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_notifier"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--database-url", &cluster.database_url()])
+            .env("KPI_LIMITS__MAX_CONNECTIONS", "20000")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("warn".into()),
+            )
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the notifier binary");
+        NotifierProcess { child, port }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// (VmRSS, VmHWM) in MiB.
+    fn rss_mib(&self) -> (f64, f64) {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                .map_or(0.0, |kb| kb / 1024.0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// User + system CPU seconds used so far.
+    fn cpu_secs(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the ")" that ends the command name; utime and stime are 14 and 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        ticks / 100.0 // USER_HZ is 100 on Linux
+    }
+
+    async fn wait_ready(&self) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.port);
+        for _ in 0..600 {
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("notifier never became ready");
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for NotifierProcess {
+    fn drop(&mut self) {
+        // SIGTERM (graceful), then make sure it is gone.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn pg(cluster: &Cluster) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&cluster.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(port: u16) -> Ws {
+    // Small buffers, as the notifier uses: 10,000 clients at 128 KiB each add up.
+    let cfg = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(cfg), false)
+        .await
+        .unwrap();
+    ws.send(Message::text(r#"{"op":"subscribe","kpis":["k"]}"#))
+        .await
+        .unwrap();
+    ws
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn print_latencies(label: &str, mut ms: Vec<f64>) {
+    ms.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "  {label}: n={} p50={:.1} ms p90={:.1} ms p99={:.1} ms max={:.1} ms",
+        ms.len(),
+        percentile(&ms, 0.50),
+        percentile(&ms, 0.90),
+        percentile(&ms, 0.99),
+        ms.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+/// Current row count of `orders` as the KPI sees it.
+async fn current_count(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn freshness(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
+    let rate: u64 = env_or("FRESH_RATE", 2_000);
+    let secs: u64 = env_or("FRESH_SECS", 10);
+    let writers: u64 = 4;
+    println!("freshness: {rate} single-row INSERTs/s for {secs} s from {writers} connections, one WebSocket client");
+    let mut ws = ws_connect(notifier.port).await;
+    let base = current_count(&pg(cluster).await).await;
+    let total = (rate * secs) as i64;
+
+    // Reader: (count seen, when), every time the count grows.
+    let seen: Arc<Mutex<Vec<(i64, Instant)>>> = Arc::default();
+    let reader = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = ws.next().await {
+                if let Message::Text(t) = m {
+                    let now = Instant::now();
+                    if let Some((_, n)) = count_of(t.as_str()) {
+                        seen.lock().unwrap().push((n - base, now));
+                        if n - base >= total {
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+    };
+
+    let commits: Arc<Mutex<Vec<Instant>>> =
+        Arc::new(Mutex::new(Vec::with_capacity(total as usize)));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let (cluster, commits) = (cluster.clone(), commits.clone());
+        let per_writer = total / writers as i64;
+        let period = Duration::from_secs_f64(writers as f64 / rate as f64);
+        tasks.push(tokio::spawn(async move {
+            let c = pg(&cluster).await;
+            let stmt = c.prepare("INSERT INTO orders(v) VALUES (1)").await.unwrap();
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for _ in 0..per_writer {
+                tick.tick().await;
+                c.execute(&stmt, &[]).await.unwrap();
+                commits.lock().unwrap().push(Instant::now());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let write_secs = started.elapsed().as_secs_f64();
+    let _ = tokio::time::timeout(Duration::from_secs(60), reader).await;
+    let mut commits = commits.lock().unwrap().clone();
+    commits.sort();
+    let seen = seen.lock().unwrap().clone();
+    // Row i (in commit order) is delivered by the first value whose count is >= i.
+    let mut lat = Vec::with_capacity(commits.len());
+    let mut j = 0;
+    for (i, committed) in commits.iter().enumerate() {
+        while j < seen.len() && seen[j].0 < i as i64 + 1 {
+            j += 1;
+        }
+        let Some((_, at)) = seen.get(j) else { break };
+        lat.push(at.saturating_duration_since(*committed).as_secs_f64() * 1e3);
+    }
+    println!(
+        "  achieved {:.0} inserts/s ({} rows in {:.1} s); {} updates received; {} of {} rows seen",
+        commits.len() as f64 / write_secs,
+        commits.len(),
+        write_secs,
+        seen.len(),
+        lat.len(),
+        commits.len()
+    );
+    print_latencies("commit-to-client", lat);
+    let count = notifier
+        .metric("kpi_notifier_notify_to_send_seconds_count")
+        .await;
+    let sum = notifier
+        .metric("kpi_notifier_notify_to_send_seconds_sum")
+        .await;
+    if count > 0.0 {
+        println!(
+            "  notifier-side NOTIFY-to-send mean: {:.2} ms over {count} sends",
+            sum / count * 1e3
+        );
+    }
+}
+
+async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
+    let clients: usize = env_or("FANOUT_CLIENTS", 10_000);
+    let hz: u64 = env_or("FANOUT_HZ", 10);
+    let secs: u64 = env_or("FANOUT_SECS", 10);
+    let updates = (hz * secs) as usize;
+    println!("fan-out: {clients} WebSocket clients on one KPI updated {hz}x/s for {secs} s");
+    let (rss0, _) = notifier.rss_mib();
+    let writer = pg(cluster).await;
+    let base = current_count(&writer).await;
+    let target = base + updates as i64;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let slots = Arc::new(tokio::sync::Semaphore::new(256));
+    let connect_started = Instant::now();
+    let mut handles = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let (slots, connected, mut stop) = (slots.clone(), connected.clone(), stop_rx.clone());
+        let port = notifier.port;
+        handles.push(tokio::spawn(async move {
+            let permit = slots.acquire_owned().await.unwrap();
+            let mut ws = ws_connect(port).await;
+            // Wait for the snapshot before counting the client as subscribed.
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(_))) => break,
+                    Some(Ok(_)) => continue,
+                    _ => return Vec::new(),
+                }
+            }
+            drop(permit);
+            connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut got: Vec<(i64, Instant)> = Vec::with_capacity(updates + 4);
+            loop {
+                tokio::select! {
+                    m = ws.next() => match m {
+                        Some(Ok(Message::Text(t))) => {
+                            let now = Instant::now();
+                            if let Some((_, n)) = count_of(t.as_str()) {
+                                got.push((n, now));
+                                if n >= target {
+                                    return got;
+                                }
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        _ => return got,
+                    },
+                    _ = stop.changed() => return got,
+                }
+            }
+        }));
+    }
+    while connected.load(std::sync::atomic::Ordering::Relaxed) < clients {
+        if connect_started.elapsed() > Duration::from_secs(300) {
+            println!(
+                "  only {} clients connected after 300 s",
+                connected.load(std::sync::atomic::Ordering::Relaxed)
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (rss_idle, _) = notifier.rss_mib();
+    println!(
+        "  {} clients connected and subscribed in {:.1} s; notifier RSS {:.0} MiB before, {:.0} MiB with all clients idle",
+        connected.load(std::sync::atomic::Ordering::Relaxed),
+        connect_started.elapsed().as_secs_f64(),
+        rss0,
+        rss_idle
+    );
+
+    let cpu0 = notifier.cpu_secs();
+    let stmt = writer
+        .prepare("INSERT INTO orders(v) VALUES (1)")
+        .await
+        .unwrap();
+    let mut commit_at: Vec<Instant> = Vec::with_capacity(updates);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / hz as f64));
+    let started = Instant::now();
+    for _ in 0..updates {
+        tick.tick().await;
+        writer.execute(&stmt, &[]).await.unwrap();
+        commit_at.push(Instant::now());
+    }
+    let write_secs = started.elapsed().as_secs_f64();
+    let (rss_busy, _) = notifier.rss_mib();
+    // Give stragglers time to get the final value, then stop the rest.
+    let stopper = {
+        let stop_tx = stop_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let _ = stop_tx.send(true);
+        })
+    };
+    let mut lat = Vec::with_capacity(clients * updates);
+    let (mut complete, mut delivered) = (0usize, 0usize);
+    for h in handles {
+        let got = h.await.unwrap_or_default();
+        if got.last().is_some_and(|(n, _)| *n >= target) {
+            complete += 1;
+        }
+        for (n, at) in got {
+            let i = n - base;
+            if i >= 1 && (i as usize) <= commit_at.len() {
+                delivered += 1;
+                lat.push(
+                    at.saturating_duration_since(commit_at[i as usize - 1])
+                        .as_secs_f64()
+                        * 1e3,
+                );
+            }
+        }
+    }
+    stopper.abort();
+    let cpu = notifier.cpu_secs() - cpu0;
+    let (rss_end, hwm) = notifier.rss_mib();
+    println!(
+        "  {updates} commits in {write_secs:.1} s; {complete}/{clients} clients got the final value; \
+         {delivered} deliveries = {:.1}% of {} possible (the rest skipped to a newer value)",
+        100.0 * delivered as f64 / (clients * updates) as f64,
+        clients * updates
+    );
+    print_latencies("commit-to-client", lat);
+    println!(
+        "  notifier RSS {rss_busy:.0} MiB during updates, {rss_end:.0} MiB at the end, peak {hwm:.0} MiB; \
+         {cpu:.1} CPU-s over the run ({:.0}% of one core)",
+        100.0 * cpu / write_secs.max(0.001)
+    );
+    println!(
+        "  notifier counters: messages_sent={} updates_dropped={}",
+        notifier
+            .metric("kpi_notifier_messages_sent_total{transport=\"ws\"}")
+            .await,
+        notifier
+            .metric("kpi_notifier_updates_dropped_total{transport=\"ws\"}")
+            .await
+    );
+}
+
+fn nofile_limit() -> String {
+    std::fs::read_to_string("/proc/self/limits")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or("Max open files: unknown")
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing here takes arguments.
+    println!(
+        "pg_kpi notifier benchmarks (open files soft/hard limit: {})",
+        nofile_limit()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cluster = Arc::new(tokio::task::spawn_blocking(Cluster::start).await.unwrap());
+        {
+            let c = cluster.clone();
+            tokio::task::spawn_blocking(move || c.exec(SETUP))
+                .await
+                .unwrap();
+        }
+        let interval: String = pg(&cluster)
+            .await
+            .query_one(
+                "SELECT current_setting('pg_kpi.fold_min_interval_ms', true)",
+                &[],
+            )
+            .await
+            .ok()
+            .and_then(|r| r.get::<_, Option<String>>(0))
+            .unwrap_or_else(|| "?".into());
+        println!("cluster up (fold worker min interval {interval} ms)");
+        let notifier = NotifierProcess::spawn(&cluster);
+        notifier.wait_ready().await;
+        println!(
+            "notifier pid {} ready on 127.0.0.1:{}",
+            notifier.pid(),
+            notifier.port
+        );
+        if std::env::var("SKIP_FRESHNESS").is_err() {
+            freshness(&cluster, &notifier).await;
+        }
+        if std::env::var("SKIP_FANOUT").is_err() {
+            fanout(&cluster, &notifier).await;
+        }
+        drop(notifier);
+    });
+}
