@@ -140,6 +140,40 @@ impl NotifierProcess {
     }
 }
 
+impl NotifierProcess {
+    /// Approximate quantiles (bucket upper bounds) of a notifier histogram, in ms.
+    async fn histogram_ms(&self, name: &str, qs: &[f64]) -> Vec<String> {
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let prefix = format!("kpi_notifier_{name}_bucket{{le=\"");
+        let buckets: Vec<(String, f64)> = text
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(&prefix)?;
+                let (le, n) = rest.split_once("\"} ")?;
+                Some((le.to_string(), n.parse().ok()?))
+            })
+            .collect();
+        let total = buckets.last().map_or(0.0, |b| b.1);
+        qs.iter()
+            .map(|q| {
+                let le = buckets
+                    .iter()
+                    .find(|(_, n)| *n >= q * total)
+                    .map_or("?".to_string(), |(le, _)| le.clone());
+                match le.parse::<f64>() {
+                    Ok(s) => format!("p{}<={}ms", (q * 100.0) as u32, s * 1e3),
+                    Err(_) => format!("p{}>{}", (q * 100.0) as u32, le),
+                }
+            })
+            .collect()
+    }
+}
+
 impl Drop for NotifierProcess {
     fn drop(&mut self) {
         // SIGTERM (graceful), then make sure it is gone.
@@ -289,18 +323,17 @@ async fn freshness(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
         commits.len()
     );
     print_latencies("commit-to-client", lat);
-    let count = notifier
-        .metric("kpi_notifier_notify_to_send_seconds_count")
-        .await;
-    let sum = notifier
-        .metric("kpi_notifier_notify_to_send_seconds_sum")
-        .await;
-    if count > 0.0 {
-        println!(
-            "  notifier-side NOTIFY-to-send mean: {:.2} ms over {count} sends",
-            sum / count * 1e3
-        );
-    }
+    println!(
+        "  notifier-side: NOTIFY-to-send {} ; publish-to-send {}",
+        notifier
+            .histogram_ms("notify_to_send_seconds", &[0.5, 0.99])
+            .await
+            .join(" "),
+        notifier
+            .histogram_ms("publish_to_send_seconds", &[0.5, 0.99])
+            .await
+            .join(" ")
+    );
 }
 
 async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
@@ -400,6 +433,8 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
     };
     let mut lat = Vec::with_capacity(clients * updates);
     let (mut complete, mut delivered) = (0usize, 0usize);
+    // Per value: the first and last client to receive it (the fan-out spread).
+    let mut first_last: std::collections::HashMap<i64, (Instant, Instant)> = Default::default();
     for h in handles {
         let got = h.await.unwrap_or_default();
         if got.last().is_some_and(|(n, _)| *n >= target) {
@@ -414,9 +449,16 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
                         .as_secs_f64()
                         * 1e3,
                 );
+                let e = first_last.entry(n).or_insert((at, at));
+                e.0 = e.0.min(at);
+                e.1 = e.1.max(at);
             }
         }
     }
+    let spread: Vec<f64> = first_last
+        .values()
+        .map(|(a, b)| b.duration_since(*a).as_secs_f64() * 1e3)
+        .collect();
     stopper.abort();
     let cpu = notifier.cpu_secs() - cpu0;
     let (rss_end, hwm) = notifier.rss_mib();
@@ -427,6 +469,18 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
         clients * updates
     );
     print_latencies("commit-to-client", lat);
+    print_latencies("first-to-last client per value (fan-out spread)", spread);
+    println!(
+        "  notifier-side: NOTIFY-to-send {} ; publish-to-send {}",
+        notifier
+            .histogram_ms("notify_to_send_seconds", &[0.5, 0.99])
+            .await
+            .join(" "),
+        notifier
+            .histogram_ms("publish_to_send_seconds", &[0.5, 0.99])
+            .await
+            .join(" ")
+    );
     println!(
         "  notifier RSS {rss_busy:.0} MiB during updates, {rss_end:.0} MiB at the end, peak {hwm:.0} MiB; \
          {cpu:.1} CPU-s over the run ({:.0}% of one core)",
@@ -484,7 +538,7 @@ fn main() {
             .ok()
             .and_then(|r| r.get::<_, Option<String>>(0))
             .unwrap_or_else(|| "?".into());
-        println!("cluster up (fold worker min interval {interval} ms)");
+        println!("cluster up (pg_kpi.fold_min_interval_ms = {interval})");
         let notifier = NotifierProcess::spawn(&cluster);
         notifier.wait_ready().await;
         println!(

@@ -36,6 +36,9 @@ pub struct Snapshot {
     /// When the NOTIFY that led to this read arrived (for the notify-to-send histogram);
     /// `None` for values loaded at (re)connect.
     pub notified_at: Option<Instant>,
+    /// When this value was built, just before it was published (for the
+    /// publish-to-send histogram: the fan-out's own share of the latency).
+    pub published_at: Instant,
 }
 
 impl Snapshot {
@@ -62,6 +65,7 @@ impl Snapshot {
             update_frame: frame("update")?.into(),
             seq: 0,
             notified_at,
+            published_at: Instant::now(),
         })
     }
 }

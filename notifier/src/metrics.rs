@@ -82,6 +82,7 @@ pub struct Metrics {
     messages_sent: [AtomicU64; 2],
     updates_dropped: [AtomicU64; 2],
     pub notify_to_send: Histogram,
+    pub publish_to_send: Histogram,
     pub listen_reconnects: AtomicU64,
     pub listen_connected: AtomicI64,
     pub notifications: AtomicU64,
@@ -203,29 +204,20 @@ impl Metrics {
                 c.load(Relaxed)
             );
         }
-        header(
+        histogram(
             &mut out,
             p,
             "notify_to_send_seconds",
-            "histogram",
             "Time from receiving a NOTIFY to writing the resulting update to a client.",
+            &self.notify_to_send,
         );
-        let mut cumulative = 0;
-        for (bound, n) in LATENCY_BUCKETS.iter().zip(&self.notify_to_send.buckets) {
-            cumulative += n.load(Relaxed);
-            let _ = writeln!(
-                out,
-                "{p}_notify_to_send_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        let count = self.notify_to_send.count.load(Relaxed);
-        let _ = writeln!(
-            out,
-            "{p}_notify_to_send_seconds_bucket{{le=\"+Inf\"}} {count}"
+        histogram(
+            &mut out,
+            p,
+            "publish_to_send_seconds",
+            "Time from publishing a new KPI version to writing it to a client (fan-out only).",
+            &self.publish_to_send,
         );
-        let sum = self.notify_to_send.sum_micros.load(Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{p}_notify_to_send_seconds_sum {sum}");
-        let _ = writeln!(out, "{p}_notify_to_send_seconds_count {count}");
 
         let simple: [(&str, &str, &str, i64); 10] = [
             (
@@ -327,6 +319,20 @@ impl Metrics {
         }
         out
     }
+}
+
+fn histogram(out: &mut String, p: &str, name: &str, help: &str, h: &Histogram) {
+    header(out, p, name, "histogram", help);
+    let mut cumulative = 0;
+    for (bound, n) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
+        cumulative += n.load(Relaxed);
+        let _ = writeln!(out, "{p}_{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    let count = h.count.load(Relaxed);
+    let _ = writeln!(out, "{p}_{name}_bucket{{le=\"+Inf\"}} {count}");
+    let sum = h.sum_micros.load(Relaxed) as f64 / 1e6;
+    let _ = writeln!(out, "{p}_{name}_sum {sum}");
+    let _ = writeln!(out, "{p}_{name}_count {count}");
 }
 
 fn header(out: &mut String, prefix: &str, name: &str, kind: &str, help: &str) {

@@ -260,6 +260,7 @@ impl EventStream {
             return None;
         };
         k.floor = snap.version;
+        metrics.publish_to_send.observe(snap.published_at.elapsed());
         if let Some(at) = snap.notified_at {
             metrics.notify_to_send.observe(at.elapsed());
         }

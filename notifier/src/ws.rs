@@ -377,8 +377,10 @@ impl Session {
         };
         sub.floor = snap.version;
         self.send(sink, Message::Text(frame)).await?;
+        let metrics = &self.state.metrics;
+        metrics.publish_to_send.observe(snap.published_at.elapsed());
         if let Some(at) = snap.notified_at {
-            self.state.metrics.notify_to_send.observe(at.elapsed());
+            metrics.notify_to_send.observe(at.elapsed());
         }
         Ok(())
     }

@@ -316,3 +316,60 @@ async fn fold_timer_keeps_kpis_moving_without_the_worker() {
     assert!(n.metric("kpi_notifier_fold_runs_total").await >= 1.0);
     assert_eq!(n.metric("kpi_notifier_fold_errors_total").await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_and_recreated_kpi_is_followed_from_its_new_versions() {
+    let cluster = cluster().await;
+    let create = "SELECT kpi.create(name => 'k2', source => 't2', time_column => 'ts', \
+                  measures => 'n = count(*)');";
+    exec(
+        &cluster,
+        &format!("CREATE TABLE t2(ts timestamptz NOT NULL DEFAULT now()); {create}"),
+    )
+    .await;
+    let n = Notifier::start(config(&cluster)).await;
+    let mut ws = WsClient::connect(&n.ws_url("/ws")).await;
+    ws.send(&subscribe(&["k2"])).await;
+    let mut version = ws.json(T).await["version"].as_i64().unwrap();
+    // Several folds, so the old incarnation's version is well above a new one's.
+    for _ in 0..4 {
+        exec(&cluster, "INSERT INTO t2 DEFAULT VALUES").await;
+        version = ws
+            .until("k2", T, |v| v["version"].as_i64() > Some(version))
+            .await["version"]
+            .as_i64()
+            .unwrap();
+    }
+    exec(
+        &cluster,
+        &format!("SELECT kpi.drop('k2'); {create} INSERT INTO t2 DEFAULT VALUES;"),
+    )
+    .await;
+    // The new incarnation counts the 5 rows again (backfill); its version starts over,
+    // and the client gets it as a fresh snapshot.
+    let v = ws
+        .until("k2", T, |v| v["version"].as_i64() < Some(version))
+        .await;
+    assert_eq!(v["type"], "snapshot", "{v}");
+    // Then it converges to the database's value of the new incarnation.
+    let c = pg(&cluster).await;
+    let db = loop {
+        let pending: i64 = c
+            .query_one("SELECT count(*) FROM kpi.deltas", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if pending == 0 {
+            break db_snapshot(&cluster, "k2").await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let v = if v["version"] == db["version"] {
+        v
+    } else {
+        let target = db["version"].as_i64();
+        ws.until("k2", T, |v| v["version"].as_i64() == target).await
+    };
+    assert_eq!(measures(&v["data"]), measures(&db));
+    assert_eq!(db["measures"]["n"]["today"], json!(5));
+}

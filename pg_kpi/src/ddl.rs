@@ -19,13 +19,10 @@ pub fn create_agg_table(k: &Kpi, t: usize) -> String {
     cols.push("_n bigint NOT NULL".into());
     for (i, m) in k.measures.iter().enumerate() {
         for (c, t) in m.state_columns(i) {
-            let default = if t == "numeric" && matches!(m.kind, Kind::Sum | Kind::Avg) {
-                " NOT NULL DEFAULT 0"
-            } else if t == "bigint" {
-                " NOT NULL DEFAULT 0"
-            } else {
-                ""
-            };
+            // Sums and counts start at zero; min/max and sketches are NULL when empty.
+            let zeroed =
+                t == "bigint" || (t == "numeric" && matches!(m.kind, Kind::Sum | Kind::Avg));
+            let default = if zeroed { " NOT NULL DEFAULT 0" } else { "" };
             cols.push(format!("{c} {t}{default}"));
         }
     }
@@ -101,7 +98,7 @@ pub fn create_state_view(k: &Kpi, t: usize) -> String {
         "CREATE VIEW {state} AS
            SELECT {agg_cols} FROM {agg}
            UNION ALL
-           SELECT {decoded} FROM kpi.deltas d, jsonb_array_elements(d.batch -> '{id}') x;",
+           SELECT {decoded} FROM kpi._pending({id}) AS t(x);",
         state = k.state_view_of(t),
         agg = k.agg_table_of(t),
         agg_cols = agg_cols.join(", "),

@@ -204,12 +204,8 @@ unsafe fn analyze_unguarded(
                         -1,
                         pg_sys::CoercionContext::COERCION_ASSIGNMENT,
                         // Explicit, so the deparsed text keeps the cast and SQL rescans
-                        // compute exactly what the trigger computes.
-                        if want == Want::Float {
-                            pg_sys::CoercionForm::COERCE_EXPLICIT_CAST
-                        } else {
-                            pg_sys::CoercionForm::COERCE_IMPLICIT_CAST
-                        },
+                        // compute exactly what the trigger computes, in the same type.
+                        pg_sys::CoercionForm::COERCE_EXPLICIT_CAST,
                         -1,
                     )
                 } else {

@@ -24,9 +24,34 @@ pub fn lock_folds() -> KpiResult<()> {
     Ok(())
 }
 
+/// Locks every KPI source (and its partitions) against TRUNCATE, then takes the fold
+/// lock. TRUNCATE rebuilds lock in the same order (table first, fold lock second), so
+/// the two can never deadlock.
+fn lock_sources_then_folds() -> KpiResult<()> {
+    let sources: Vec<String> = Spi::connect(|c| {
+        c.select(
+            "SELECT DISTINCT format('%I.%I', n.nspname, c.relname)
+               FROM kpi.definitions d
+               JOIN pg_catalog.pg_class c ON c.oid = d.source
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace",
+            None,
+            &[],
+        )?
+        .map(|r| r.get::<String>(1).map(|v| v.unwrap_or_default()))
+        .collect::<Result<Vec<_>, _>>()
+    })?;
+    if !sources.is_empty() {
+        Spi::run(&format!(
+            "LOCK TABLE {} IN ACCESS SHARE MODE",
+            sources.join(", ")
+        ))?;
+    }
+    lock_folds()
+}
+
 /// Folds everything pending; returns the number of delta rows folded.
 pub fn fold() -> KpiResult<i64> {
-    lock_folds()?;
+    lock_sources_then_folds()?;
     let mut drained_rows = 0i64;
     let mut per_kpi: Vec<(i32, String)> = Vec::new();
     Spi::connect(|c| -> KpiResult<()> {

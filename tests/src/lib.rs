@@ -7,7 +7,16 @@
 //! stops the server (`pg_ctl stop -m immediate`) and removes the directory.
 //!
 //! The extension must already be installed into the system Postgres
-//! (`cargo pgrx install --release`), which `scripts/test.sh` does first.
+//! (`cargo pgrx install --release`), which `scripts/test.sh` does first. The servers run
+//! from a private snapshot of that installation ([`install`]), so a reinstall while tests
+//! run does not crash them.
+//!
+//! Shared by the test files in `tests/tests/`:
+//! - [`schema`]: the orders tables and KPI definitions ([`schema::KpiSpec`] yields the
+//!   `kpi.create` call, the view query and the GROUP BY recomputation);
+//! - [`oracle`]: view == recomputation, with a readable diff;
+//! - [`workload`]: seeded random DML sessions (every write path, TRUNCATE, crashes);
+//! - [`notify`]: the `kpi_changes` payload contract.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

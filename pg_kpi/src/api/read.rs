@@ -159,6 +159,8 @@ type SeriesRow = (
     Option<AnyNumeric>,
 );
 
+// pgrx needs the result columns spelled out in the signature.
+#[allow(clippy::type_complexity)]
 #[pg_extern(schema = "kpi", name = "_series", stable, parallel_safe)]
 fn series(
     name: &str,
@@ -346,6 +348,42 @@ fn snapshot(name: &str) -> JsonB {
         })
     })()
     .or_raise()
+}
+
+/// The pending (not yet folded) delta entries of one KPI, for its state view. Runs as
+/// the reader (function calls inside views do): checks they may read the KPI, then
+/// reads the delta buffer with the extension owner's rights.
+#[pg_extern(schema = "kpi", name = "_pending", stable, parallel_safe)]
+fn pending(kpi_id: i32) -> SetOfIterator<'static, JsonB> {
+    let rows = (|| -> KpiResult<Vec<JsonB>> {
+        let name = as_extension_owner(|| {
+            Spi::get_one_with_args::<String>(
+                "SELECT name FROM kpi.definitions WHERE id = $1",
+                &[kpi_id.into()],
+            )
+        })?;
+        let Some(name) = name else {
+            return Ok(Vec::new());
+        };
+        readable(&name)?;
+        as_extension_owner(|| {
+            Spi::connect(|c| {
+                c.select(
+                    "SELECT e FROM kpi.deltas d, jsonb_array_elements(d.batch -> $1) e",
+                    None,
+                    &[kpi_id.to_string().into()],
+                )?
+                .map(|r| {
+                    r.get::<JsonB>(1)
+                        .map(|v| v.unwrap_or(JsonB(serde_json::Value::Null)))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(KpiError::from)
+            })
+        })
+    })()
+    .or_raise();
+    SetOfIterator::new(rows)
 }
 
 /// Turns the capture trigger's bucket (µs since 2000-01-01 UTC) into a timestamptz.

@@ -33,13 +33,17 @@ fn reset(rel: pg_sys::Oid) -> KpiResult<()> {
     }
     // Deltas this transaction captured before the TRUNCATE describe rows that are gone.
     crate::capture::flush_pending();
-    crate::fold::lock_folds()?;
-    let mut bumped = Vec::new();
-    for kpi in Kpi::by_ids(&ids)? {
+    // Tables first, then the fold lock: the order the fold uses, so no deadlock.
+    let kpis = Kpi::by_ids(&ids)?;
+    for kpi in &kpis {
         Spi::run(&format!(
             "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
             kpi.source_sql
         ))?;
+    }
+    crate::fold::lock_folds()?;
+    let mut bumped = Vec::new();
+    for kpi in kpis {
         Spi::run_with_args(
             "UPDATE kpi.deltas SET batch = batch - $1 WHERE batch ? $1",
             &[kpi.id.to_string().into()],

@@ -235,18 +235,14 @@ fn register_hooks() {
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE => {
-            if !ACC.with(|a| a.borrow().is_empty()) {
-                // SPI at pre-commit needs an active snapshot of its own.
-                unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-                flush(0);
-                unsafe { pg_sys::PopActiveSnapshot() };
-            }
+        XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE if !ACC.with(|a| a.borrow().is_empty()) => {
+            // SPI at pre-commit needs an active snapshot of its own.
+            unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+            flush(0);
+            unsafe { pg_sys::PopActiveSnapshot() };
         }
-        XACT_EVENT_COMMIT | XACT_EVENT_PREPARE => {
-            if FLUSHED.with(|f| f.replace(false)) {
-                crate::wake::wake_fold_worker();
-            }
+        XACT_EVENT_COMMIT | XACT_EVENT_PREPARE if FLUSHED.with(|f| f.replace(false)) => {
+            crate::wake::wake_fold_worker();
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             ACC.with(|a| a.borrow_mut().clear());

@@ -90,6 +90,10 @@ COMMENT ON FUNCTION kpi.top(text, text, text, interval, integer) IS 'The n large
 CREATE FUNCTION kpi.snapshot(name text) RETURNS jsonb LANGUAGE sql STABLE AS $$ SELECT kpi._snapshot(name) $$;
 COMMENT ON FUNCTION kpi.snapshot(text) IS 'Everything a dashboard card needs: per measure today, the last hour, and that hour a day and a week ago, with the KPI version.';
 
+-- The planner's default guess for a set-returning function (1000 rows) would make every
+-- read of a KPI view look expensive enough to JIT-compile; pending deltas are few.
+ALTER FUNCTION kpi._pending(integer) ROWS 50;
+
 -- Internal functions are reached through the wrappers above.
 REVOKE ALL ON FUNCTION kpi._reset_source(oid) FROM PUBLIC;
 

@@ -40,3 +40,4 @@ CREATE SEQUENCE kpi.notify_seq;
 
 REVOKE ALL ON kpi.definitions, kpi.deltas, kpi.notify_seq FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('kpi.definitions', '');
+
