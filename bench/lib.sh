@@ -120,13 +120,15 @@ psql_db() {
 # psql against `bench`, printing bare values.
 sql() { psql_db "$DB" -At -c "$1"; }
 
-# The orders schema used by every benchmark: $1 is the table name.
+# The orders schema used by every benchmark: $1 is the table name. `user_id` is what the
+# sketch benchmark's count_distinct counts; every table has it (and every INSERT sets
+# it) so that the variants compared write rows of the same size.
 create_orders_table() {
     sql "CREATE TABLE $1 (
         id bigserial PRIMARY KEY,
         created_at timestamptz NOT NULL,
         region text, channel text, status text,
-        amount numeric(12,2), quantity int, latency_ms double precision)"
+        amount numeric(12,2), quantity int, latency_ms double precision, user_id int)"
 }
 
 # Three KPIs on table $1 (prefix $2 for their names), as the write benchmarks measure:
@@ -134,10 +136,12 @@ create_orders_table() {
 # - ${2}totals: no dimensions, 1-day bucket: every row lands in the same aggregate row,
 #   the case where a naive trigger makes all writers queue on one row lock;
 # - ${2}by_status: one dimension, min/max.
+# $3, optional, is appended to ${2}checkout's measures (the sketch benchmark adds its
+# sketch measures there, so the variants differ only by those measures).
 create_three_kpis() {
-    local t="$1" p="$2"
+    local t="$1" p="$2" extra="${3:+, $3}"
     sql "SELECT kpi.create(name => '${p}checkout', source => '$t', time_column => 'created_at',
-            measures => 'revenue = sum(amount * quantity), orders = count(*), aov = avg(amount)',
+            measures => 'revenue = sum(amount * quantity), orders = count(*), aov = avg(amount)$extra',
             dimensions => '{region, channel}', filter => \$\$status <> 'cancelled'\$\$,
             bucket => '1 minute')" >/dev/null
     sql "SELECT kpi.create(name => '${p}totals', source => '$t', time_column => 'created_at',
@@ -145,6 +149,93 @@ create_three_kpis() {
     sql "SELECT kpi.create(name => '${p}by_status', source => '$t', time_column => 'created_at',
             measures => 'n = count(*), lo = min(amount), hi = max(amount)',
             dimensions => '{status}', bucket => '1 hour')" >/dev/null
+}
+
+# The naive baseline on table orders_naive: what a user writes without the extension.
+# Same three aggregates as create_three_kpis (insert-only, so it does even less than
+# pg_kpi: no deletes, no min/max rescans), each an UPSERT of a shared row, plus a
+# NOTIFY per row. Its aggregate tables are naive_checkout, naive_totals, naive_by_status.
+create_naive_trigger() {
+    psql_db "$DB" <<'SQL'
+CREATE TABLE naive_checkout (bucket timestamptz, region text, channel text,
+    revenue numeric, orders bigint, amount_sum numeric, amount_n bigint,
+    PRIMARY KEY (bucket, region, channel));
+CREATE TABLE naive_totals (bucket timestamptz PRIMARY KEY, orders bigint, revenue numeric);
+CREATE TABLE naive_by_status (bucket timestamptz, status text, n bigint, lo numeric, hi numeric,
+    PRIMARY KEY (bucket, status));
+CREATE FUNCTION naive_capture() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status <> 'cancelled' THEN
+        INSERT INTO naive_checkout AS a
+        VALUES (date_bin('1 minute', NEW.created_at, '2000-01-01 00:00:00+00'),
+                NEW.region, NEW.channel, NEW.amount * NEW.quantity, 1, NEW.amount, 1)
+        ON CONFLICT (bucket, region, channel) DO UPDATE
+           SET revenue = a.revenue + EXCLUDED.revenue, orders = a.orders + 1,
+               amount_sum = a.amount_sum + EXCLUDED.amount_sum, amount_n = a.amount_n + 1;
+    END IF;
+    INSERT INTO naive_totals AS a
+    VALUES (date_bin('1 day', NEW.created_at, '2000-01-01 00:00:00+00'), 1, NEW.amount)
+    ON CONFLICT (bucket) DO UPDATE
+       SET orders = a.orders + 1, revenue = a.revenue + EXCLUDED.revenue;
+    INSERT INTO naive_by_status AS a
+    VALUES (date_bin('1 hour', NEW.created_at, '2000-01-01 00:00:00+00'), NEW.status, 1,
+            NEW.amount, NEW.amount)
+    ON CONFLICT (bucket, status) DO UPDATE
+       SET n = a.n + 1, lo = least(a.lo, EXCLUDED.lo), hi = greatest(a.hi, EXCLUDED.hi);
+    PERFORM pg_notify('naive_changes', json_build_object('id', NEW.id, 'bucket',
+        date_bin('1 minute', NEW.created_at, '2000-01-01 00:00:00+00'))::text);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER naive_capture AFTER INSERT ON orders_naive
+    FOR EACH ROW EXECUTE FUNCTION naive_capture();
+SQL
+}
+
+# write_insert_script TABLE FILE: a pgbench script of one one-row INSERT into TABLE (one
+# script per table: prepared statements cannot take the table as a parameter).
+write_insert_script() {
+    cat >"$2" <<SQL
+\set r random(1, 4)
+\set c random(1, 3)
+\set cents random(100, 100000)
+\set q random(1, 10)
+\set u random(1, 100000)
+INSERT INTO $1 (created_at, region, channel, status, amount, quantity, latency_ms, user_id)
+VALUES (now(), (ARRAY['eu', 'us', 'apac', 'latam'])[:r], (ARRAY['web', 'app', 'store'])[:c],
+        CASE WHEN :q = 10 THEN 'cancelled' ELSE 'paid' END, :cents / 100.0, :q, random() * 1000, :u);
+SQL
+}
+
+# run_pgbench SCRIPT CLIENTS -> prints the TPS of DURATION seconds of SCRIPT.
+run_pgbench() {
+    local out
+    out="$(pgbench -n -M prepared -h 127.0.0.1 -p "$PORT" -U postgres -c "$2" -j "$2" \
+        -T "$DURATION" -f "$1" "$DB" 2>&1)" || {
+        echo "$out" >&2
+        return 1
+    }
+    echo "$out" | sed -n 's/^tps = \([0-9.]*\) .*/\1/p' | head -1
+}
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# truncate_tables TABLE...: folds first so the fold worker is idle, and retries: a
+# TRUNCATE racing a fold can fail with a deadlock (a pg_kpi bug reported by the e2e
+# tests), which must not abort the benchmark. Folds, checkpoints and analyzes after.
+truncate_tables() {
+    drain
+    local attempt
+    for attempt in 1 2 3 4 5; do
+        if sql "TRUNCATE $(IFS=,; echo "$*")" >/dev/null 2>"$PGDIR/truncate.err"; then
+            break
+        fi
+        log "TRUNCATE attempt $attempt failed: $(head -1 "$PGDIR/truncate.err")"
+        [ "$attempt" -lt 5 ] || exit 1
+        sleep 1
+    done
+    drain
+    sql "VACUUM ANALYZE" >/dev/null
 }
 
 # Folds whatever is pending so the next measurement does not pay for this one.

@@ -87,7 +87,9 @@ pub fn fold() -> KpiResult<i64> {
             }
         }
     }
-    apply_retention()?;
+    if retention_due() {
+        apply_retention()?;
+    }
     let touched: Vec<i32> = kpis.iter().map(|k| k.id).collect();
     if !touched.is_empty() {
         let versions = bump_versions(&touched)?;
@@ -214,6 +216,23 @@ fn merge(k: &Kpi, t: usize, entries: &str) -> KpiResult<()> {
         Spi::run_with_args(&repair, &[entries.into()])?;
     }
     Ok(())
+}
+
+thread_local! {
+    static LAST_RETENTION: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
+}
+
+/// Retention needs no more than one pass a second; folds can run fifty times a second.
+fn retention_due() -> bool {
+    LAST_RETENTION.with(|last| {
+        let due = last
+            .get()
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1));
+        if due {
+            last.set(Some(std::time::Instant::now()));
+        }
+        due
+    })
 }
 
 /// Drops buckets older than each tier's retention.

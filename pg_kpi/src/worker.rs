@@ -11,6 +11,11 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags
 use pgrx::prelude::*;
 use std::time::Duration;
 
+/// A fold that drained at least this many delta rows means writers are busy…
+const BUSY_FOLD_ROWS: i64 = 64;
+/// …and the next fold waits at least this long (still well under 100 ms freshness).
+const BUSY_INTERVAL: Duration = Duration::from_millis(50);
+
 /// Registers one worker per configured database (called from `_PG_init` at preload).
 pub fn register() {
     for db in gucs::databases() {
@@ -35,9 +40,15 @@ pub extern "C-unwind" fn pg_kpi_fold_worker_main(_arg: pg_sys::Datum) {
     let db = BackgroundWorker::get_extra().to_string();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     crate::wake::publish_worker_latch();
+    // The fold's queries are small but their row estimates are not (jsonb functions):
+    // left on, JIT compiles them on every fold and costs more than the fold itself.
+    BackgroundWorker::transaction(|| {
+        let _ = Spi::run("SET jit = off");
+    });
     log!("pg_kpi fold worker started for database \"{db}\"");
 
     let mut last_fold = std::time::Instant::now() - Duration::from_secs(3600);
+    let mut last_drained = 0i64;
     loop {
         let idle = Duration::from_millis(gucs::FOLD_IDLE_INTERVAL_MS.get().max(1) as u64);
         if !BackgroundWorker::wait_latch(Some(idle)) {
@@ -46,8 +57,14 @@ pub extern "C-unwind" fn pg_kpi_fold_worker_main(_arg: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
-        // Rate limit: batch whatever arrives during the minimum interval.
-        let min = Duration::from_millis(gucs::FOLD_MIN_INTERVAL_MS.get().max(1) as u64);
+        // Rate limit: batch whatever arrives during the minimum interval, and wait
+        // longer after a busy fold so that per-fold costs do not grow with the load.
+        let base = Duration::from_millis(gucs::FOLD_MIN_INTERVAL_MS.get().max(1) as u64);
+        let min = if last_drained >= BUSY_FOLD_ROWS {
+            base.max(BUSY_INTERVAL)
+        } else {
+            base
+        };
         let since = last_fold.elapsed();
         if since < min {
             // A plain sleep: writers setting the latch meanwhile must not cut it short.
@@ -59,11 +76,13 @@ pub extern "C-unwind" fn pg_kpi_fold_worker_main(_arg: pg_sys::Datum) {
         last_fold = std::time::Instant::now();
         // An error aborts the transaction and ends the process; the postmaster restarts
         // the worker a second later and the deltas are still there to fold.
-        BackgroundWorker::transaction(|| {
-            if installed() {
-                if let Err(e) = crate::fold::fold() {
-                    e.raise();
-                }
+        last_drained = BackgroundWorker::transaction(|| {
+            if !installed() {
+                return 0;
+            }
+            match crate::fold::fold() {
+                Ok(rows) => rows,
+                Err(e) => e.raise(),
             }
         });
     }

@@ -53,6 +53,10 @@ pub enum Kind {
     Avg,
     Min,
     Max,
+    /// `count_distinct(expr)`: a HyperLogLog sketch, approximate (see [`Measure::is_sketch`]).
+    CountDistinct,
+    /// `percentile(expr, q)`: a DDSketch, approximate; `q` is [`Measure::quantile`].
+    Percentile,
 }
 
 #[derive(Clone, Debug)]
@@ -61,19 +65,44 @@ pub struct Measure {
     pub kind: Kind,
     /// The argument expression; `None` only for `count(*)`.
     pub expr: Option<String>,
+    /// The quantile q of a [`Kind::Percentile`] measure, `None` for every other kind.
+    pub quantile: Option<f64>,
 }
 
 impl Measure {
+    /// A measure of any kind but [`Kind::Percentile`] (which needs a quantile: use
+    /// [`Measure::percentile`]).
     pub fn new(name: &str, kind: Kind, expr: &str) -> Measure {
+        assert!(
+            kind != Kind::Percentile,
+            "use Measure::percentile for percentile measures"
+        );
         Measure {
             name: name.to_string(),
             kind,
             expr: (kind != Kind::CountStar).then(|| expr.to_string()),
+            quantile: None,
         }
     }
 
     pub fn count_star(name: &str) -> Measure {
         Measure::new(name, Kind::CountStar, "*")
+    }
+
+    /// `name = percentile(expr, q)`.
+    pub fn percentile(name: &str, expr: &str, q: f64) -> Measure {
+        Measure {
+            name: name.to_string(),
+            kind: Kind::Percentile,
+            expr: Some(expr.to_string()),
+            quantile: Some(q),
+        }
+    }
+
+    /// Sketch measures are approximate by design: the oracle checks them within the
+    /// contract's error bounds ([`KpiSpec::sketch_check_sql`]), not by equality.
+    pub fn is_sketch(&self) -> bool {
+        matches!(self.kind, Kind::CountDistinct | Kind::Percentile)
     }
 
     fn call(&self, function_for: impl Fn(Kind) -> &'static str) -> String {
@@ -83,12 +112,19 @@ impl Measure {
 
     /// `name = kind(expr)` as written in `kpi.create(measures => ...)`.
     pub fn definition(&self) -> String {
+        if let (Kind::Percentile, Some(q)) = (self.kind, self.quantile) {
+            let arg = self.expr.as_deref().unwrap_or_default();
+            return format!("{} = percentile({arg}, {q})", self.name);
+        }
         let call = self.call(|k| match k {
             Kind::CountStar | Kind::Count => "count",
             Kind::Sum => "sum",
             Kind::Avg => "avg",
             Kind::Min => "min",
             Kind::Max => "max",
+            Kind::CountDistinct => "count_distinct",
+            // Handled above: a percentile always has a quantile.
+            Kind::Percentile => unreachable!("percentile without a quantile"),
         });
         format!("{} = {call}", self.name)
     }
@@ -107,6 +143,17 @@ impl Measure {
             Kind::Avg => format!("round(avg(({arg})::numeric), 10)"),
             Kind::Min => format!("min(({arg})::numeric)"),
             Kind::Max => format!("max(({arg})::numeric)"),
+            // The contract counts the distinct text forms of the values (`expr::text`):
+            // 2.50 and 2.5 are one numeric value but two text forms.
+            Kind::CountDistinct => format!("count(DISTINCT ({arg})::text)::bigint"),
+            // The exact value the sketch approximates. NaN and ±infinity are not counted
+            // (contract); `abs(x) < 'Infinity'` is false for exactly those and NULL,
+            // because Postgres sorts NaN above every other float8.
+            Kind::Percentile => format!(
+                "percentile_disc({}) WITHIN GROUP (ORDER BY ({arg})::float8) \
+                 FILTER (WHERE abs(({arg})::float8) < 'Infinity'::float8)",
+                self.quantile.expect("percentile without a quantile")
+            ),
         }
     }
 
@@ -120,7 +167,8 @@ impl Measure {
     /// The view column type the contract promises (`format_type` spelling).
     pub fn view_type(&self) -> &'static str {
         match self.kind {
-            Kind::CountStar | Kind::Count => "bigint",
+            Kind::CountStar | Kind::Count | Kind::CountDistinct => "bigint",
+            Kind::Percentile => "double precision",
             _ => "numeric",
         }
     }
@@ -201,17 +249,35 @@ impl KpiSpec {
         }
     }
 
-    /// Reads the KPI's view with the columns in contract order (avg rounded).
+    /// The measures checked by equality (every kind but the sketches).
+    pub fn exact_measures(&self) -> impl Iterator<Item = &Measure> {
+        self.measures.iter().filter(|m| !m.is_sketch())
+    }
+
+    /// The sketch measures, checked within their error bounds.
+    pub fn sketch_measures(&self) -> impl Iterator<Item = &Measure> {
+        self.measures.iter().filter(|m| m.is_sketch())
+    }
+
+    /// Reads the KPI's view with the columns in contract order (avg rounded), exact
+    /// measures only: sketch measures are approximate and compared by
+    /// [`KpiSpec::sketch_check_sql`] instead.
     pub fn view_sql(&self) -> String {
         let mut cols = vec!["bucket".to_string()];
         cols.extend(self.dimensions.iter().cloned());
-        cols.extend(self.measures.iter().map(Measure::view_expr));
+        cols.extend(self.exact_measures().map(Measure::view_expr));
         format!("SELECT {} FROM kpi.{}", cols.join(", "), self.name)
     }
 
-    /// Recomputes the KPI from its source with GROUP BY: what the view must equal.
-    /// Rows whose time is NULL or infinite are not counted (contract).
+    /// Recomputes the KPI's exact measures from its source with GROUP BY: what
+    /// [`KpiSpec::view_sql`] must equal.
     pub fn oracle_sql(&self) -> String {
+        self.recompute_sql(self.exact_measures().map(Measure::oracle_expr).collect())
+    }
+
+    /// `SELECT bucket, <dimensions>, <measure columns> FROM <source> ... GROUP BY`.
+    /// Rows whose time is NULL or infinite are not counted (contract).
+    fn recompute_sql(&self, measure_columns: Vec<String>) -> String {
         let mut cols = vec![format!(
             "date_bin({}::interval, {}, {}::timestamptz) AS bucket",
             lit(&self.bucket),
@@ -219,7 +285,7 @@ impl KpiSpec {
             lit(BUCKET_ORIGIN)
         )];
         cols.extend(self.dimensions.iter().cloned());
-        cols.extend(self.measures.iter().map(Measure::oracle_expr));
+        cols.extend(measure_columns);
         let mut conditions = vec![format!("isfinite({})", self.time_column)];
         if let Some(filter) = &self.filter {
             conditions.push(format!("({filter})"));
@@ -234,6 +300,73 @@ impl KpiSpec {
             self.source,
             conditions.join(" AND ")
         )
+    }
+
+    /// Pairs each view row's sketch measures with their exact recomputation, one output
+    /// row per view row (bucket × dimension values):
+    /// `key text, in_view bigint, in_oracle bigint, <view value, exact value> per
+    /// sketch measure (float8, in [`KpiSpec::sketch_measures`] order)`.
+    /// `in_view`/`in_oracle` count the group's rows on each side (1 and 1 when both
+    /// have it). `None` when the KPI has no sketch measure.
+    ///
+    /// A UNION ALL grouped by the key rather than a FULL JOIN: the dimensions may be
+    /// NULL, and a FULL JOIN cannot use `IS NOT DISTINCT FROM`, while GROUP BY treats
+    /// NULLs as equal.
+    pub fn sketch_check_sql(&self) -> Option<String> {
+        let sketches: Vec<&Measure> = self.sketch_measures().collect();
+        if sketches.is_empty() {
+            return None;
+        }
+        let key_cols: Vec<String> = std::iter::once("bucket".to_string())
+            .chain(self.dimensions.iter().cloned())
+            .collect();
+        let side = |tag: &str, exprs: Vec<String>| {
+            let values: Vec<String> = exprs
+                .iter()
+                .zip(&sketches)
+                .map(|(e, m)| format!("({e})::float8 AS {}", m.name))
+                .collect();
+            format!(
+                "SELECT {tag} AS side, {}, {}",
+                key_cols.join(", "),
+                values.join(", ")
+            )
+        };
+        let view = format!(
+            "{} FROM kpi.{}",
+            side("'v'", sketches.iter().map(|m| m.name.clone()).collect()),
+            self.name
+        );
+        let oracle_names: Vec<String> = sketches.iter().map(|m| m.name.clone()).collect();
+        let oracle = format!(
+            "{} FROM ({}) o",
+            side("'o'", oracle_names),
+            self.recompute_sql(
+                sketches
+                    .iter()
+                    .map(|m| format!("{} AS {}", m.oracle_expr(), m.name))
+                    .collect()
+            )
+        );
+        let key = key_cols
+            .iter()
+            .map(|c| format!("coalesce({c}::text, 'NULL')"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut cols = vec![
+            format!("concat_ws(' | ', {key})"),
+            "count(*) FILTER (WHERE side = 'v')".to_string(),
+            "count(*) FILTER (WHERE side = 'o')".to_string(),
+        ];
+        for m in &sketches {
+            cols.push(format!("max({}) FILTER (WHERE side = 'v')", m.name));
+            cols.push(format!("max({}) FILTER (WHERE side = 'o')", m.name));
+        }
+        Some(format!(
+            "SELECT {} FROM ({view} UNION ALL {oracle}) u GROUP BY {} ORDER BY 1",
+            cols.join(", "),
+            key_cols.join(", ")
+        ))
     }
 }
 
@@ -293,6 +426,51 @@ pub fn orders_kpis() -> Vec<KpiSpec> {
             dimensions: vec![],
             filter: None,
             bucket: "1 day".to_string(),
+        },
+    ]
+}
+
+/// KPIs with sketch measures over `orders` and `orders_p`, next to exact ones, for the
+/// oracle tests (not in [`orders_kpis`], which the crash and notification tests share):
+/// - `sketches`: 1-minute buckets per channel with the filter: small groups (a few rows
+///   each), where a quantile's rank and HLL's sparse mode must be right;
+/// - `p_sketches`: 1-hour buckets without dimensions: about a thousand rows per group,
+///   percentiles of a numeric expression with negative values and zeros, and a distinct
+///   count of a text expression that is NULL when either part is.
+pub fn sketch_kpis() -> Vec<KpiSpec> {
+    vec![
+        KpiSpec {
+            name: "sketches".to_string(),
+            source: "orders".to_string(),
+            time_column: "created_at".to_string(),
+            time_type: TimeType::Timestamptz,
+            measures: vec![
+                Measure::count_star("n"),
+                Measure::new("amounts", Kind::CountDistinct, "amount"),
+                Measure::percentile("p50", "latency_ms", 0.5),
+                Measure::new("revenue", Kind::Sum, "amount"),
+                Measure::percentile("p95", "latency_ms", 0.95),
+            ],
+            dimensions: vec!["channel".to_string()],
+            filter: Some("status <> 'cancelled'".to_string()),
+            bucket: "1 minute".to_string(),
+        },
+        KpiSpec {
+            name: "p_sketches".to_string(),
+            source: "orders_p".to_string(),
+            time_column: "created_at".to_string(),
+            time_type: TimeType::Timestamptz,
+            measures: vec![
+                Measure::count_star("n"),
+                Measure::new("amounts", Kind::CountDistinct, "amount"),
+                Measure::new("routes", Kind::CountDistinct, "region || '/' || channel"),
+                Measure::percentile("p50", "amount * quantity", 0.5),
+                Measure::percentile("p95", "amount * quantity", 0.95),
+                Measure::new("hi", Kind::Max, "amount * quantity"),
+            ],
+            dimensions: vec![],
+            filter: None,
+            bucket: "1 hour".to_string(),
         },
     ]
 }

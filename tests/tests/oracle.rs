@@ -1,11 +1,12 @@
 //! The correctness oracle: every KPI view equals a GROUP BY recomputation over its source,
-//! during and after concurrent writes, before and after folding.
+//! during and after concurrent writes, before and after folding; sketch measures
+//! (count_distinct, percentile) are within their error bounds of the exact values.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pg_kpi_e2e::oracle::{self, assert_exact};
+use pg_kpi_e2e::oracle::{self, assert_exact, SketchStats};
 use pg_kpi_e2e::postgres::Client;
 use pg_kpi_e2e::schema::{self, Kind, KpiSpec, Measure, TimeType};
 use pg_kpi_e2e::workload::{self, OrderRow};
@@ -13,9 +14,28 @@ use pg_kpi_e2e::{describe_error, Cluster};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+/// The KPIs of [`schema::orders_kpis`] and [`schema::sketch_kpis`].
+fn all_kpis() -> Vec<KpiSpec> {
+    let mut kpis = schema::orders_kpis();
+    kpis.extend(schema::sketch_kpis());
+    kpis
+}
+
+/// Creates the orders tables and [`all_kpis`].
+fn setup_all(client: &mut Client) -> Vec<KpiSpec> {
+    schema::create_orders_tables(client);
+    let kpis = all_kpis();
+    for kpi in &kpis {
+        kpi.create(client);
+    }
+    kpis
+}
+
 /// Four sessions, 300 transactions each, one TRUNCATE midway; the views are compared
 /// with the recomputation while the sessions run (the fold worker folding underneath,
-/// never `kpi.fold()`), after they finish, and after an explicit fold.
+/// never `kpi.fold()`), after they finish, and after an explicit fold. The sketch KPIs
+/// go through the same workload: their UPDATEs and DELETEs make groups dirty, whose
+/// sketches the reader and the fold must rebuild.
 #[test]
 fn concurrent_dml_keeps_views_exact() {
     let cluster = Cluster::start();
@@ -28,11 +48,16 @@ fn concurrent_dml_keeps_views_exact() {
         let rows: Vec<OrderRow> = (0..300).map(|_| OrderRow::random(&mut rng)).collect();
         workload::copy_rows(&mut client, table, &rows).expect("seed rows");
     }
-    let kpis = schema::orders_kpis();
+    let kpis = all_kpis();
     for kpi in &kpis {
         kpi.create(&mut client);
     }
     assert_exact(&mut client, &kpis, "after backfill");
+    let mut sketch_stats = SketchStats::default();
+    // Every check below also feeds the sketch statistics printed at the end.
+    let mut check = |client: &mut Client| {
+        oracle::check_all_with_stats(client, &kpis).map(|s| sketch_stats.merge(&s))
+    };
 
     let configs: Vec<workload::Config> = (0..4)
         .map(|i| workload::Config {
@@ -61,7 +86,7 @@ fn concurrent_dml_keeps_views_exact() {
             break;
         }
         mid_run_checks += 1;
-        if let Err(diff) = oracle::check_all(&mut client, &kpis) {
+        if let Err(diff) = check(&mut client) {
             mid_run_failures.push(format!("mid-run check {mid_run_checks}:\n{diff}"));
         }
     }
@@ -81,7 +106,7 @@ fn concurrent_dml_keeps_views_exact() {
     }
     problems.extend(mid_run_failures);
     let pending = oracle::pending_deltas(&mut client).unwrap_or(-1);
-    if let Err(diff) = oracle::check_all(&mut client, &kpis) {
+    if let Err(diff) = check(&mut client) {
         problems.push(format!(
             "after the workload, before kpi.fold() ({pending} deltas pending):\n{diff}"
         ));
@@ -90,9 +115,13 @@ fn concurrent_dml_keeps_views_exact() {
         Ok(folded) => eprintln!("kpi.fold() folded {folded} delta rows ({pending} were pending)"),
         Err(e) => problems.push(format!("kpi.fold(): {}", describe_error(&e))),
     }
-    if let Err(diff) = oracle::check_all(&mut client, &kpis) {
+    if let Err(diff) = check(&mut client) {
         problems.push(format!("after kpi.fold():\n{diff}"));
     }
+    eprintln!(
+        "sketch measures over all checks:\n{}",
+        sketch_stats.summary()
+    );
     let left = oracle::pending_deltas(&mut client).ok();
     if left != Some(0) {
         problems.push(format!(
@@ -103,12 +132,13 @@ fn concurrent_dml_keeps_views_exact() {
 }
 
 /// Each view's columns are `bucket, <dimensions>, <measures>` with the contract's types:
-/// counts bigint; sum, avg, min and max numeric, whatever the argument's type.
+/// counts (count_distinct too) bigint; percentile double precision; sum, avg, min and max
+/// numeric, whatever the argument's type.
 #[test]
 fn view_columns_follow_the_contract() {
     let cluster = Cluster::start();
     let mut client = cluster.connect();
-    let kpis = schema::setup_orders(&mut client);
+    let kpis = setup_all(&mut client);
     let errors: Vec<String> = kpis
         .iter()
         .filter_map(|k| oracle::check_columns(&mut client, k).err())
@@ -131,6 +161,59 @@ fn oracle_detects_differences() {
     wrong.filter = None;
     let diff = oracle::check(&mut client, &wrong).expect_err("a wrong definition must differ");
     assert!(diff.contains("in view, not in recomputation"), "{diff}");
+}
+
+/// The sketch comparison must see a difference too: the `sketches` KPI compared with the
+/// recomputation of another quantile, and of a distinct count of another column. The
+/// exact measures stay right, so only the sketch comparison can catch these.
+#[test]
+fn oracle_detects_sketch_differences() {
+    let cluster = Cluster::start();
+    let mut client = cluster.connect();
+    let kpis = setup_all(&mut client);
+    let sketches = kpis
+        .iter()
+        .find(|k| k.name == "sketches")
+        .expect("sketches KPI");
+    // Rows in one bucket and channel, so the group is large enough for p50 and p95 to
+    // differ by far more than 1 %, and with distinct amounts but only 9 quantities.
+    let mut rng = StdRng::seed_from_u64(4);
+    let rows: Vec<OrderRow> = (0..60)
+        .map(|_| OrderRow {
+            offset_ms: 10_000,
+            channel: Some("web"),
+            status: Some("paid"),
+            ..OrderRow::random(&mut rng)
+        })
+        .collect();
+    workload::copy_rows(&mut client, "orders", &rows).expect("rows");
+    assert_exact(
+        &mut client,
+        std::slice::from_ref(sketches),
+        "with the right definition",
+    );
+    let mut wrong_quantile = sketches.clone();
+    let p95 = wrong_quantile
+        .measures
+        .iter_mut()
+        .find(|m| m.name == "p95")
+        .expect("p95");
+    *p95 = Measure::percentile("p95", "latency_ms", 0.5);
+    let diff = oracle::check(&mut client, &wrong_quantile)
+        .expect_err("p95 compared with the median must differ");
+    assert!(diff.contains("sketch values out of bounds"), "{diff}");
+    assert!(!diff.contains("in view, not in recomputation"), "{diff}");
+
+    let mut wrong_column = sketches.clone();
+    let amounts = wrong_column
+        .measures
+        .iter_mut()
+        .find(|m| m.name == "amounts")
+        .expect("amounts");
+    *amounts = Measure::new("amounts", Kind::CountDistinct, "quantity");
+    let diff = oracle::check(&mut client, &wrong_column)
+        .expect_err("distinct amounts compared with distinct quantities must differ");
+    assert!(diff.contains("sketch values out of bounds"), "{diff}");
 }
 
 /// One step of a scripted scenario: statements run in order on one session, once per
@@ -419,7 +502,7 @@ fn scripted_steps_keep_views_exact() {
         let sql = BACKFILL[0].replace("{t}", table).replace("{cols}", COLS);
         client.batch_execute(&sql).expect("backfill rows");
     }
-    let kpis = schema::orders_kpis();
+    let kpis = all_kpis();
     for kpi in &kpis {
         kpi.create(&mut client);
     }

@@ -13,10 +13,8 @@ use crate::errors::{KpiError, OrRaise};
 use crate::expr::Evaluator;
 use crate::gucs;
 use crate::measures::Kind;
-use crate::privileges::as_extension_owner;
 use accumulator::{Accumulator, Contribution, Key};
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
 use rust_decimal::Decimal;
 use std::cell::{Cell, RefCell};
 use std::str::FromStr;
@@ -25,7 +23,6 @@ thread_local! {
     static ACC: RefCell<Accumulator> = RefCell::new(Accumulator::default());
     static FLUSHED: Cell<bool> = const { Cell::new(false) };
     static HOOKS: Cell<bool> = const { Cell::new(false) };
-    static INSERT_PLAN: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
 #[unsafe(no_mangle)]
@@ -192,33 +189,41 @@ fn flush(min_subxact: u32) {
     let Some(batch) = ACC.with(|a| a.borrow_mut().take_batch(min_subxact)) else {
         return;
     };
-    as_extension_owner(|| {
-        Spi::connect_mut(|client| {
-            let plan = INSERT_PLAN.with(|p| -> Result<(), pgrx::spi::SpiError> {
-                if p.borrow().is_none() {
-                    let prepared = client
-                        .prepare_mut(
-                            "INSERT INTO kpi.deltas(batch) VALUES ($1::jsonb)",
-                            &[PgOid::BuiltIn(PgBuiltInOids::TEXTOID)],
-                        )?
-                        .keep();
-                    *p.borrow_mut() = Some(prepared);
-                }
-                Ok(())
-            });
-            plan.map_err(KpiError::from).or_raise();
-            INSERT_PLAN.with(|p| {
-                let guard = p.borrow();
-                if let Some(plan) = guard.as_ref() {
-                    client
-                        .update(plan, None, &[batch.as_str().into()])
-                        .map_err(KpiError::from)
-                        .or_raise();
-                }
-            });
-        })
-    });
+    insert_batch(&batch).or_raise();
     FLUSHED.with(|f| f.set(true));
+}
+
+/// One heap insert into `kpi.deltas`, without SPI or the executor: the table has no
+/// index, trigger, constraint or default, so the executor would add nothing but cost
+/// (and, at pre-commit, the need for a snapshot). Being internal, it is not subject to
+/// the writer's privileges, which do not include the delta buffer.
+fn insert_batch(batch: &str) -> Result<(), KpiError> {
+    let text = std::ffi::CString::new(batch)
+        .map_err(|_| KpiError::internal("delta batch contains a NUL byte"))?;
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"kpi".as_ptr(), true);
+        let relid = pg_sys::get_relname_relid(c"deltas".as_ptr(), namespace);
+        if relid == pg_sys::InvalidOid {
+            return Err(KpiError::new(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                "kpi.deltas does not exist",
+                "The pg_kpi extension was dropped while KPI triggers still existed; recreate it or drop the triggers named pg_kpi_capture.",
+            ));
+        }
+        let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32);
+        let mut input = pg_sys::InvalidOid;
+        let mut ioparam = pg_sys::InvalidOid;
+        pg_sys::getTypeInputInfo(pg_sys::JSONBOID, &mut input, &mut ioparam);
+        let datum = pg_sys::OidInputFunctionCall(input, text.as_ptr().cast_mut(), ioparam, -1);
+        let mut values = [datum];
+        let mut nulls = [false];
+        let tuple = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::simple_heap_insert(rel, tuple);
+        pg_sys::heap_freetuple(tuple);
+        // The lock is kept until the end of the transaction, as for any insert.
+        pg_sys::table_close(rel, pg_sys::NoLock as i32);
+    }
+    Ok(())
 }
 
 fn register_hooks() {
@@ -236,10 +241,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     use pg_sys::XactEvent::*;
     match event {
         XACT_EVENT_PRE_COMMIT | XACT_EVENT_PRE_PREPARE if !ACC.with(|a| a.borrow().is_empty()) => {
-            // SPI at pre-commit needs an active snapshot of its own.
-            unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
             flush(0);
-            unsafe { pg_sys::PopActiveSnapshot() };
         }
         XACT_EVENT_COMMIT | XACT_EVENT_PREPARE if FLUSHED.with(|f| f.replace(false)) => {
             crate::wake::wake_fold_worker();

@@ -9,7 +9,7 @@ COMMENT ON FUNCTION kpi._capture() IS 'pg_kpi: row trigger capturing KPI deltas 
 -- SECURITY DEFINER: whoever may TRUNCATE the source must be able to reset its KPIs,
 -- which live in tables they cannot write.
 CREATE FUNCTION kpi._truncate() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 BEGIN
     PERFORM kpi._reset_source(TG_RELID);
     RETURN NULL;
@@ -50,7 +50,9 @@ CREATE FUNCTION kpi.drop(name text, if_exists boolean DEFAULT false)
 RETURNS boolean LANGUAGE sql VOLATILE AS $$ SELECT kpi._drop(name, if_exists) $$;
 COMMENT ON FUNCTION kpi.drop(text, boolean) IS 'Drops a KPI, its view and state; removes the source''s triggers when no KPI is left on it.';
 
-CREATE FUNCTION kpi.fold() RETURNS bigint LANGUAGE sql VOLATILE AS $$ SELECT kpi._fold() $$;
+-- jit = off here and on the reads below: these queries are cheap, but their jsonb row
+-- estimates are not, and JIT compilation would cost more than running them.
+CREATE FUNCTION kpi.fold() RETURNS bigint LANGUAGE sql VOLATILE SET jit = off AS $$ SELECT kpi._fold() $$;
 COMMENT ON FUNCTION kpi.fold() IS 'Folds pending deltas into the aggregates now (the fold worker does this on its own); returns delta rows folded.';
 
 -- Rows of the catalog the caller may see: KPIs they own or whose view they can read.
@@ -71,23 +73,23 @@ $$;
 COMMENT ON FUNCTION kpi.list() IS 'The KPIs you can see, one row each.';
 
 CREATE FUNCTION kpi.value(name text, measure text, "window" interval DEFAULT '1 hour', dims jsonb DEFAULT '{}')
-RETURNS numeric LANGUAGE sql STABLE AS $$ SELECT kpi._value(name, measure, "window", coalesce(dims, '{}')) $$;
+RETURNS numeric LANGUAGE sql STABLE SET jit = off AS $$ SELECT kpi._value(name, measure, "window", coalesce(dims, '{}')) $$;
 COMMENT ON FUNCTION kpi.value(text, text, interval, jsonb) IS 'A measure over the buckets overlapping the last "window", optionally for some dimension values.';
 
 CREATE FUNCTION kpi.series(name text, measure text, since timestamptz, until timestamptz DEFAULT now(),
                            step interval DEFAULT NULL, dims jsonb DEFAULT '{}')
-RETURNS TABLE (bucket timestamptz, value numeric, day_ago numeric, week_ago numeric) LANGUAGE sql STABLE AS $$
+RETURNS TABLE (bucket timestamptz, value numeric, day_ago numeric, week_ago numeric) LANGUAGE sql STABLE SET jit = off AS $$
     SELECT * FROM kpi._series(name, measure, since, until, step, coalesce(dims, '{}'))
 $$;
 COMMENT ON FUNCTION kpi.series(text, text, timestamptz, timestamptz, interval, jsonb) IS 'A measure per step from since to until, gap-filled (counts 0, others NULL), with the same steps one day and one week earlier. Reads the finest rollup tier that still holds the range.';
 
 CREATE FUNCTION kpi.top(name text, measure text, dimension text, "window" interval DEFAULT '1 hour', n integer DEFAULT 10)
-RETURNS TABLE (dimension_value text, value numeric) LANGUAGE sql STABLE AS $$
+RETURNS TABLE (dimension_value text, value numeric) LANGUAGE sql STABLE SET jit = off AS $$
     SELECT * FROM kpi._top(name, measure, dimension, "window", n)
 $$;
 COMMENT ON FUNCTION kpi.top(text, text, text, interval, integer) IS 'The n largest values of a measure by one dimension over the last "window".';
 
-CREATE FUNCTION kpi.snapshot(name text) RETURNS jsonb LANGUAGE sql STABLE AS $$ SELECT kpi._snapshot(name) $$;
+CREATE FUNCTION kpi.snapshot(name text) RETURNS jsonb LANGUAGE sql STABLE SET jit = off AS $$ SELECT kpi._snapshot(name) $$;
 COMMENT ON FUNCTION kpi.snapshot(text) IS 'Everything a dashboard card needs: per measure today, the last hour, and that hour a day and a week ago, with the KPI version.';
 
 -- The planner's default guess for a set-returning function (1000 rows) would make every
