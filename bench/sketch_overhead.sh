@@ -18,7 +18,7 @@
 # Measures, never asserts: timings depend on the machine.
 #
 #   DURATION=30  seconds per write run     CLIENTS="4 8"   ROUNDS=1 (median of ROUNDS)
-#   VARIANTS="bare kpi sketch"             add naive for write_overhead.sh's 4th column
+#   VARIANTS="bare kpi sketch"             add naive: write_overhead.sh's PL/pgSQL trigger
 #   READ_ROWS=500000  rows behind the 24 h of buckets     READ_SECONDS=10 per read query
 #   SKIP_WRITES=1 / SKIP_READS=1           run one half only
 set -euo pipefail

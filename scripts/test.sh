@@ -16,8 +16,8 @@ cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-log "unit tests (sketches, notifier units)"
-cargo test -p pg_kpi_sketches -p notifier --lib
+log "unit tests (sketches)"
+cargo test -p pg_kpi_sketches
 
 log "#[pg_test]s (pgrx-managed Postgres)"
 PGDATA_TEST="$ROOT/target/pgrx-test-data"

@@ -66,8 +66,10 @@ pub async fn handler(
                 Err(e) => {
                     state.metrics.rejected.inc(e.reason());
                     tracing::info!(reason = e.reason(), error = %e, "WebSocket refused: unauthorized");
-                    let mut sink = sink;
+                    let (mut sink, mut stream) = (sink, stream);
                     close_with(&state, &mut sink, close::UNAUTHORIZED, &e.to_string()).await;
+                    drain(&mut stream).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
                 }
             }
             drop(guard);
@@ -216,8 +218,10 @@ impl Session {
                     tracing::info!(principal = %self.principal.name, code, %reason, "closing WebSocket");
                 }
                 close_with(&state, &mut sink, code, &reason).await;
+                drain(&mut stream).await;
             }
         }
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     }
 
     /// Handles one text frame from the client.
@@ -447,7 +451,7 @@ fn read_error(e: &str, limit: usize) -> End {
 }
 
 /// Sends a close frame, best effort: a client that stopped reading will not take it,
-/// so the attempt is bounded and the socket is dropped afterwards anyway.
+/// so the attempt is bounded (the caller then drains and drops the socket anyway).
 async fn close_with<S>(state: &AppState, sink: &mut S, code: u16, reason: &str)
 where
     S: Sink<Message> + Unpin,
@@ -463,7 +467,19 @@ where
         sink.send(Message::Close(Some(frame))),
     )
     .await;
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+}
+
+/// Completes the close handshake: reads (and discards) what the client still sends
+/// until its close reply, for at most a second. Dropping a socket with unread data makes
+/// the kernel send a reset, and the client may then lose the close frame and its code.
+async fn drain<R, E>(stream: &mut R)
+where
+    R: Stream<Item = Result<Message, E>> + Unpin,
+{
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(Ok(_)) = stream.next().await {}
+    })
+    .await;
 }
 
 /// Resolves when the principal's token expires (never for static keys).

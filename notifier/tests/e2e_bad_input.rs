@@ -237,10 +237,13 @@ async fn a_thousand_subscribes_a_second_are_rate_limited_then_closed() {
                 }
             }
             Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+            // The flood may still be in the server's receive buffer when it closes; the
+            // kernel then resets the connection and the close frame can be lost.
+            Some(Err(_)) | None => break None,
             other => panic!("unexpected {other:?}"),
         }
     };
-    assert_eq!(code, Some(4429));
+    assert!(matches!(code, Some(4429) | None), "{code:?}");
     assert_eq!(limited, 1, "told once");
     assert!(
         (1..=80).contains(&snapshots),
@@ -277,12 +280,20 @@ async fn a_client_that_never_reads_is_closed_as_too_slow() {
     }
     env.metric_reaches("kpi_notifier_ws_closes_total{code=\"4002\"}", 1.0)
         .await;
-    assert_eq!(
-        env.metric("kpi_notifier_connections{transport=\"ws\"}")
-            .await,
-        1.0,
-        "only the healthy client is left"
-    );
+    // Only the healthy client is left once the server has given up on the slow one
+    // (after at most a second waiting for its close reply).
+    let deadline = tokio::time::Instant::now() + T;
+    while env
+        .metric("kpi_notifier_connections{transport=\"ws\"}")
+        .await
+        != 1.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow client was not dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // When the slow client finally reads, it finds the close frame 4002 after what was
     // buffered, unless its own queued pong replies hit the closed socket first and
     // surface as a reset: either way the connection is gone.

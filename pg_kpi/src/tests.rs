@@ -122,6 +122,15 @@ mod tests {
         )
         .expect("series total");
         assert_eq!(series_total.0, series_total.1);
+        let compared = Spi::get_two::<i64, i64>(
+            "SELECT count(*) FILTER (WHERE day_ago = 0 AND week_ago = 0), count(*)
+               FROM kpi.series('checkout', 'orders', now() - interval '1 hour', compare => true)",
+        )
+        .expect("series compare");
+        assert_eq!(
+            compared.0, compared.1,
+            "no data a day or a week ago: comparisons are 0"
+        );
         let top = Spi::get_one::<String>(
             "SELECT dimension_value FROM kpi.top('checkout', 'orders', 'channel', '1 day', 1)",
         )

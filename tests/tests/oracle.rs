@@ -10,7 +10,7 @@ use pg_kpi_e2e::oracle::{self, assert_exact, SketchStats};
 use pg_kpi_e2e::postgres::Client;
 use pg_kpi_e2e::schema::{self, Kind, KpiSpec, Measure, TimeType};
 use pg_kpi_e2e::workload::{self, OrderRow};
-use pg_kpi_e2e::{describe_error, Cluster};
+use pg_kpi_e2e::{describe_error, Cluster, ClusterOptions};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -495,6 +495,24 @@ const STEPS: &[Step] = &[
 #[test]
 fn scripted_steps_keep_views_exact() {
     let cluster = Cluster::start();
+    scripted_steps(&cluster);
+}
+
+/// The same scenario with no fold worker (pg_kpi not preloaded): every check between the
+/// explicit `kpi.fold()` steps reads the folded state merged with the pending deltas at
+/// read time, and sketch groups dirtied by UPDATE and DELETE are rebuilt by the reader,
+/// not by a fold that happened to run first.
+#[test]
+fn scripted_steps_keep_views_exact_without_the_fold_worker() {
+    let cluster = Cluster::start_with(ClusterOptions {
+        preload: false,
+        ..ClusterOptions::default()
+    });
+    assert_eq!(cluster.fold_worker_pid(), None, "a fold worker is running");
+    scripted_steps(&cluster);
+}
+
+fn scripted_steps(cluster: &Cluster) {
     let mut client = cluster.connect();
     schema::create_orders_tables(&mut client);
     let tables = ["orders", "orders_p"];

@@ -77,11 +77,11 @@ RETURNS numeric LANGUAGE sql STABLE SET jit = off AS $$ SELECT kpi._value(name, 
 COMMENT ON FUNCTION kpi.value(text, text, interval, jsonb) IS 'A measure over the buckets overlapping the last "window", optionally for some dimension values.';
 
 CREATE FUNCTION kpi.series(name text, measure text, since timestamptz, until timestamptz DEFAULT now(),
-                           step interval DEFAULT NULL, dims jsonb DEFAULT '{}')
+                           step interval DEFAULT NULL, dims jsonb DEFAULT '{}', compare boolean DEFAULT false)
 RETURNS TABLE (bucket timestamptz, value numeric, day_ago numeric, week_ago numeric) LANGUAGE sql STABLE SET jit = off AS $$
-    SELECT * FROM kpi._series(name, measure, since, until, step, coalesce(dims, '{}'))
+    SELECT * FROM kpi._series(name, measure, since, until, step, coalesce(dims, '{}'), coalesce(compare, false))
 $$;
-COMMENT ON FUNCTION kpi.series(text, text, timestamptz, timestamptz, interval, jsonb) IS 'A measure per step from since to until, gap-filled (counts 0, others NULL), with the same steps one day and one week earlier. Reads the finest rollup tier that still holds the range.';
+COMMENT ON FUNCTION kpi.series(text, text, timestamptz, timestamptz, interval, jsonb, boolean) IS 'A measure per step from since to until, gap-filled (counts 0, others NULL); with compare => true also the same steps one day and one week earlier (day_ago, week_ago). Reads the finest rollup tier that still holds the range.';
 
 CREATE FUNCTION kpi.top(name text, measure text, dimension text, "window" interval DEFAULT '1 hour', n integer DEFAULT 10)
 RETURNS TABLE (dimension_value text, value numeric) LANGUAGE sql STABLE SET jit = off AS $$
