@@ -266,6 +266,18 @@ pub fn bump_versions(ids: &[i32]) -> KpiResult<Vec<(String, i64)>> {
     })?)
 }
 
+/// Tells listeners to reload everything (`{"seq":N,"overflow":true}`): sent when a KPI
+/// is dropped, which a version map cannot express.
+pub fn notify_reload() -> KpiResult<()> {
+    let seq = Spi::get_one::<i64>("SELECT nextval('kpi.notify_seq')")?.unwrap_or_default();
+    let payload = format!("{{\"seq\":{seq},\"overflow\":true}}");
+    Spi::run_with_args(
+        "SELECT pg_catalog.pg_notify('kpi_changes', $1)",
+        &[payload.as_str().into()],
+    )?;
+    Ok(())
+}
+
 /// One `kpi_changes` NOTIFY: `{"seq":N,"kpis":{"name":version,…}}`, or
 /// `{"seq":N,"overflow":true}` when that would not fit in a payload.
 pub fn notify_versions(versions: &[(String, i64)]) -> KpiResult<()> {

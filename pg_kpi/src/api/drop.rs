@@ -39,7 +39,7 @@ fn drop_by_name(name: &str, if_exists: bool) -> KpiResult<bool> {
             &[kpi.id.into()],
         )?;
         triggers::remove_if_unused(&kpi)?;
-        Ok(())
+        crate::fold::notify_reload()
     })?;
     triggers::invalidate_caches(kpi.source)?;
     Ok(true)
