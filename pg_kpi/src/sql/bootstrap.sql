@@ -33,6 +33,10 @@ COMMENT ON TABLE kpi.definitions IS 'pg_kpi catalog: one row per KPI (read it th
 -- No index and no UPDATE, so concurrent writers never wait on each other; the fold
 -- drains it with DELETE … RETURNING.
 CREATE TABLE kpi.deltas (batch jsonb NOT NULL);
+-- The fold empties this table many times a second. Vacuum would then keep truncating its
+-- empty tail, which takes an ACCESS EXCLUSIVE lock that stalls every committing writer
+-- and the fold: keep the pages instead (they are reused at once).
+ALTER TABLE kpi.deltas SET (vacuum_truncate = false);
 COMMENT ON TABLE kpi.deltas IS 'pg_kpi delta buffer: captured, not yet folded changes (insert-only for writers)';
 
 -- Orders the NOTIFY payloads of successive folds.
