@@ -218,15 +218,6 @@ impl Kpi {
         }
     }
 
-    /// The bucket of source row `r`, aligned like the capture trigger's.
-    pub fn bucket_of_row_sql(&self, r: &str) -> String {
-        format!(
-            "date_bin({}::interval, {}, '2000-01-01 00:00:00+00'::timestamptz)",
-            quote_literal(&self.bucket),
-            self.time_tz_sql(r)
-        )
-    }
-
     /// Rows of `r` that the KPI counts: finite time, and the filter.
     pub fn counted_rows_sql(&self, r: &str) -> String {
         let col = format!("{r}.{}", quote_identifier(&self.time_column));
@@ -244,7 +235,7 @@ impl Kpi {
             let col = format!("{r}.{}", quote_identifier(&self.time_column));
             format!("{col} >= ({lo}) AND {col} < ({hi})")
         } else {
-            let b = self.bucket_of_row_sql(r);
+            let b = self.tier_bucket_of_row_sql(r, 0);
             format!("{b} >= ({lo}) AND {b} < ({hi})")
         }
     }

@@ -9,7 +9,6 @@ use crate::catalog::Kpi;
 use crate::ddl;
 use crate::errors::KpiResult;
 use pgrx::prelude::*;
-use pgrx::spi::quote_identifier;
 
 /// Key of the advisory lock serializing folds ("pg_kpi" in ASCII).
 const FOLD_LOCK: i64 = 0x70675f6b7069;
@@ -294,6 +293,5 @@ pub fn notify_versions(versions: &[(String, i64)]) -> KpiResult<()> {
         "SELECT pg_catalog.pg_notify('kpi_changes', $1)",
         &[payload.as_str().into()],
     )?;
-    let _ = quote_identifier("");
     Ok(())
 }

@@ -176,7 +176,6 @@ struct Validated {
 
 fn validate(
     source: pg_sys::Oid,
-    source_name: &str,
     time_column: &str,
     measures_text: &str,
     dimensions: &[String],
@@ -255,7 +254,6 @@ fn validate(
             shares,
         });
     }
-    let _ = source_name;
     Ok(Validated {
         time_type: time.type_oid,
         dimension_types,
@@ -315,14 +313,7 @@ pub fn create_kpi(
         }
     }
     check_can_define(source, &source_name)?;
-    let v = validate(
-        source,
-        &source_name,
-        time_column,
-        measures_text,
-        &dimensions,
-        filter,
-    )?;
+    let v = validate(source, time_column, measures_text, &dimensions, filter)?;
 
     // Block writers for the rest of the transaction: the backfill must see exactly the
     // rows committed before the trigger exists, no more, no less.
