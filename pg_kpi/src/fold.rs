@@ -7,7 +7,8 @@
 
 use crate::catalog::Kpi;
 use crate::ddl;
-use crate::errors::KpiResult;
+use crate::deltas::{self, ByKpi, Merged};
+use crate::errors::{KpiError, KpiResult};
 use pgrx::prelude::*;
 
 /// Key of the advisory lock serializing folds ("pg_kpi" in ASCII).
@@ -51,28 +52,8 @@ fn lock_sources_then_folds() -> KpiResult<()> {
 /// Folds everything pending; returns the number of delta rows folded.
 pub fn fold() -> KpiResult<i64> {
     lock_sources_then_folds()?;
-    let mut drained_rows = 0i64;
-    let mut per_kpi: Vec<(i32, String)> = Vec::new();
-    Spi::connect(|c| -> KpiResult<()> {
-        let rows = c.select(
-            "WITH d AS (DELETE FROM kpi.deltas RETURNING batch)
-             SELECT NULL::int, NULL::text, count(*) FROM d
-             UNION ALL
-             SELECT k.key::int, jsonb_agg(e)::text, NULL
-               FROM d, jsonb_each(d.batch) k, jsonb_array_elements(k.value) e
-              GROUP BY k.key",
-            None,
-            &[],
-        )?;
-        for r in rows {
-            match r.get::<i32>(1)? {
-                None => drained_rows = r.get::<i64>(3)?.unwrap_or(0),
-                Some(id) => per_kpi.push((id, r.get::<String>(2)?.unwrap_or_default())),
-            }
-        }
-        Ok(())
-    })?;
-    let ids: Vec<i32> = per_kpi.iter().map(|(id, _)| *id).collect();
+    let (drained_rows, per_kpi) = drain()?;
+    let ids: Vec<i32> = per_kpi.keys().copied().collect();
     // Deltas of KPIs dropped since they were captured are simply discarded.
     let kpis = if ids.is_empty() {
         Vec::new()
@@ -80,9 +61,10 @@ pub fn fold() -> KpiResult<i64> {
         Kpi::by_ids(&ids)?
     };
     for kpi in &kpis {
-        if let Some((_, entries)) = per_kpi.iter().find(|(id, _)| *id == kpi.id) {
+        if let Some(entries) = per_kpi.get(&kpi.id) {
+            let entries = deltas::json::array_text(entries.iter());
             for t in 0..kpi.tiers.len() {
-                merge(kpi, t, entries)?;
+                merge(kpi, t, &entries)?;
             }
         }
     }
@@ -95,6 +77,21 @@ pub fn fold() -> KpiResult<i64> {
         notify_versions(&versions)?;
     }
     Ok(drained_rows)
+}
+
+/// Empties the delta buffer; returns how many batches it held and their entries,
+/// merged per group and grouped by KPI.
+fn drain() -> KpiResult<(i64, ByKpi)> {
+    let batches: Vec<Vec<u8>> = Spi::connect_mut(|c| {
+        c.update("DELETE FROM kpi.deltas RETURNING batch", None, &[])?
+            .map(|r| r.get::<Vec<u8>>(1).map(Option::unwrap_or_default))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    let mut merged = Merged::default();
+    for batch in &batches {
+        merged.extend(deltas::decode(batch).map_err(KpiError::internal)?);
+    }
+    Ok((batches.len() as i64, merged.by_kpi()))
 }
 
 fn key_cols(k: &Kpi) -> Vec<String> {

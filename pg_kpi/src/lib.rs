@@ -9,6 +9,7 @@
 //! - [`ddl`]: the per-KPI aggregate table, state view and user view.
 //! - [`triggers`]: the triggers on source tables.
 //! - [`capture`]: the row trigger and transaction hooks that buffer deltas.
+//! - [`deltas`]: the delta batches writers append and the fold reads.
 //! - [`fold`]: merging deltas into aggregates, versions, NOTIFY.
 //! - [`worker`], [`wake`]: the fold background worker and how commits wake it.
 //! - [`privileges`], [`gucs`], [`errors`], [`names`]: cross-cutting rules.
@@ -19,6 +20,7 @@ mod api;
 mod capture;
 mod catalog;
 mod ddl;
+mod deltas;
 mod errors;
 mod expr;
 mod fold;

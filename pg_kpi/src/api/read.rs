@@ -4,6 +4,7 @@
 //! average averages.
 
 use crate::catalog::{quote_literal, Kpi};
+use crate::deltas::{self, Merged};
 use crate::errors::{KpiError, KpiResult, OrRaise};
 use crate::privileges::{as_extension_owner, check_can_read};
 use pgrx::datum::{Interval, TimestampWithTimeZone};
@@ -379,21 +380,30 @@ fn pending(kpi_id: i32) -> SetOfIterator<'static, JsonB> {
             };
             readable(&name)?;
         }
-        as_extension_owner(|| {
+        let batches = as_extension_owner(|| {
             Spi::connect(|c| {
-                c.select(
-                    "SELECT e FROM kpi.deltas d, jsonb_array_elements(d.batch -> $1) e",
-                    None,
-                    &[kpi_id.to_string().into()],
-                )?
-                .map(|r| {
-                    r.get::<JsonB>(1)
-                        .map(|v| v.unwrap_or(JsonB(serde_json::Value::Null)))
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(KpiError::from)
+                c.select("SELECT batch FROM kpi.deltas", None, &[])?
+                    .map(|r| r.get::<Vec<u8>>(1).map(Option::unwrap_or_default))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(KpiError::from)
             })
-        })
+        })?;
+        // One row per group: entries of many transactions merged.
+        let mut merged = Merged::default();
+        for batch in &batches {
+            let entries = deltas::decode(batch).map_err(KpiError::internal)?;
+            merged.extend(
+                entries
+                    .into_iter()
+                    .filter(|(g, _)| g.kpi == kpi_id)
+                    .collect(),
+            );
+        }
+        Ok(merged
+            .into_entries()
+            .iter()
+            .map(|(g, e)| JsonB(deltas::json::entry(g, e)))
+            .collect())
     })()
     .or_raise();
     SetOfIterator::new(rows)

@@ -7,7 +7,8 @@
 
 use crate::catalog::Kpi;
 use crate::ddl;
-use crate::errors::{KpiResult, OrRaise};
+use crate::deltas;
+use crate::errors::{KpiError, KpiResult, OrRaise};
 use crate::privileges::as_extension_owner;
 use pgrx::prelude::*;
 
@@ -45,8 +46,9 @@ fn reset(rel: pg_sys::Oid) -> KpiResult<()> {
     let mut bumped = Vec::new();
     for kpi in kpis {
         Spi::run_with_args(
-            "UPDATE kpi.deltas SET batch = batch - $1 WHERE batch ? $1",
-            &[kpi.id.to_string().into()],
+            "UPDATE kpi.deltas SET batch = kpi._deltas_without(batch, $1)
+              WHERE kpi._deltas_mention(batch, $1)",
+            &[kpi.id.into()],
         )?;
         for t in 0..kpi.tiers.len() {
             Spi::run(&format!("DELETE FROM {}", kpi.agg_table_of(t)))?;
@@ -56,4 +58,34 @@ fn reset(rel: pg_sys::Oid) -> KpiResult<()> {
     }
     let versions = crate::fold::bump_versions(&bumped)?;
     crate::fold::notify_versions(&versions)
+}
+
+/// Whether a delta batch holds entries of KPI `kpi`.
+#[pg_extern(
+    schema = "kpi",
+    name = "_deltas_mention",
+    immutable,
+    strict,
+    parallel_safe
+)]
+fn deltas_mention(batch: &[u8], kpi: i32) -> bool {
+    decode(batch).iter().any(|(g, _)| g.kpi == kpi)
+}
+
+/// A delta batch without the entries of KPI `kpi`.
+#[pg_extern(
+    schema = "kpi",
+    name = "_deltas_without",
+    immutable,
+    strict,
+    parallel_safe
+)]
+fn deltas_without(batch: &[u8], kpi: i32) -> Vec<u8> {
+    let mut entries = decode(batch);
+    entries.retain(|(g, _)| g.kpi != kpi);
+    deltas::encode(&entries)
+}
+
+fn decode(batch: &[u8]) -> Vec<(deltas::Group, deltas::Entry)> {
+    deltas::decode(batch).map_err(KpiError::internal).or_raise()
 }

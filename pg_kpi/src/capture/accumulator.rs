@@ -5,11 +5,9 @@
 //! drops exactly its own deltas (every subtransaction started after the aborted one is
 //! nested in it, so "id ≥ aborted id" is the aborted set).
 
-use base64::Engine;
-use pg_kpi_sketches::{DdSketch, Hll};
+use crate::deltas::{self, Entry, Group, Merged, State};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
-use std::fmt::Write;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct Key {
@@ -17,35 +15,6 @@ pub struct Key {
     pub bucket_us: i64,
     pub dims: Vec<Option<String>>,
     pub subxact: u32,
-}
-
-/// The net change of one measure's state.
-#[derive(Clone, Debug, PartialEq)]
-pub enum State {
-    /// count(*): carried by the entry's row count.
-    Rows,
-    /// count(expr): net non-null values.
-    Count(i64),
-    /// sum/avg: net sum of non-null values and their net count.
-    Sum { sum: Decimal, nn: i64 },
-    /// min/max of added values; `dirty` when a value was removed (the extreme may be gone).
-    Extreme {
-        val: Option<Decimal>,
-        dirty: bool,
-        is_min: bool,
-    },
-    /// count_distinct: values added; `dirty` when one was removed (HLL cannot forget).
-    Distinct { hll: Hll, dirty: bool },
-    /// percentile: net sketch (negative counts for removals).
-    Quantiles(DdSketch),
-    /// percentile reading another measure's sketch.
-    Shared,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Entry {
-    pub rows: i64,
-    pub states: Vec<State>,
 }
 
 /// What one row contributes to one measure.
@@ -140,89 +109,26 @@ impl Accumulator {
         self.entries.retain(|k, _| k.subxact < subxact);
     }
 
-    /// Removes and serializes the entries of subtransactions ≥ `min_subxact` (those
-    /// that belong to the current subtransaction or committed into it), as one delta
-    /// batch: `{"<kpi>": [[bucket_us, [dims…], rows, [states…]], …], …}`.
-    pub fn take_batch(&mut self, min_subxact: u32) -> Option<String> {
-        let keys: Vec<Key> = self
-            .entries
-            .keys()
-            .filter(|k| k.subxact >= min_subxact)
-            .cloned()
-            .collect();
-        if keys.is_empty() {
-            return None;
-        }
-        let mut by_kpi: HashMap<i32, Vec<(Key, Entry)>> = HashMap::new();
-        for key in keys {
-            if let Some(entry) = self.entries.remove(&key) {
-                by_kpi.entry(key.kpi).or_default().push((key, entry));
+    /// Removes and encodes the entries of subtransactions ≥ `min_subxact` (those that
+    /// belong to the current subtransaction or committed into it) as one delta batch.
+    pub fn take_batch(&mut self, min_subxact: u32) -> Option<Vec<u8>> {
+        let mut merged = Merged::default();
+        let mut any = false;
+        self.entries.retain(|key, entry| {
+            if key.subxact < min_subxact {
+                return true;
             }
-        }
-        let mut out = String::with_capacity(128);
-        out.push('{');
-        for (i, (kpi, entries)) in by_kpi.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(out, "\"{kpi}\":[");
-            for (j, (key, entry)) in entries.iter().enumerate() {
-                if j > 0 {
-                    out.push(',');
-                }
-                write_entry(&mut out, key, entry);
-            }
-            out.push(']');
-        }
-        out.push('}');
-        Some(out)
+            any = true;
+            let group = Group {
+                kpi: key.kpi,
+                bucket_us: key.bucket_us,
+                dims: key.dims.clone(),
+            };
+            merged.add(group, std::mem::take(entry));
+            false
+        });
+        any.then(|| deltas::encode(&merged.into_entries()))
     }
-}
-
-fn write_entry(out: &mut String, key: &Key, entry: &Entry) {
-    let _ = write!(out, "[{},[", key.bucket_us);
-    for (i, d) in key.dims.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        match d {
-            Some(s) => out.push_str(&serde_json::Value::String(s.clone()).to_string()),
-            None => out.push_str("null"),
-        }
-    }
-    let _ = write!(out, "],{},[", entry.rows);
-    for (i, s) in entry.states.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        match s {
-            State::Rows => out.push('0'),
-            State::Count(n) => {
-                let _ = write!(out, "{n}");
-            }
-            State::Sum { sum, nn } => {
-                let _ = write!(out, "[\"{sum}\",{nn}]");
-            }
-            State::Distinct { hll, dirty } => {
-                let b64 = base64::engine::general_purpose::STANDARD.encode(hll.to_bytes());
-                let _ = write!(out, "[\"{b64}\",{}]", u8::from(*dirty));
-            }
-            State::Quantiles(sketch) => {
-                let b64 = base64::engine::general_purpose::STANDARD.encode(sketch.to_bytes());
-                let _ = write!(out, "[\"{b64}\"]");
-            }
-            State::Shared => out.push_str("null"),
-            State::Extreme { val, dirty, .. } => match val {
-                Some(v) => {
-                    let _ = write!(out, "[\"{v}\",{}]", u8::from(*dirty));
-                }
-                None => {
-                    let _ = write!(out, "[null,{}]", u8::from(*dirty));
-                }
-            },
-        }
-    }
-    out.push_str("]]");
 }
 
 #[cfg(test)]
@@ -266,10 +172,25 @@ mod tests {
         let mut acc = Accumulator::default();
         acc.apply(key(1), &template(), 1, &row(5)).expect("apply");
         acc.apply(key(1), &template(), -1, &row(5)).expect("apply");
-        let batch = acc.take_batch(1).expect("batch");
+        let batch = deltas::decode(&acc.take_batch(1).expect("batch")).expect("decodes");
+        assert_eq!(batch.len(), 1);
         assert_eq!(
-            batch,
-            r#"{"1":[[60000000,["eu",null],0,[0,["0",0],["5",1]]]]}"#
+            batch[0].1,
+            Entry {
+                rows: 0,
+                states: vec![
+                    State::Rows,
+                    State::Sum {
+                        sum: Decimal::ZERO,
+                        nn: 0
+                    },
+                    State::Extreme {
+                        val: Some(Decimal::from(5)),
+                        dirty: true,
+                        is_min: true
+                    },
+                ],
+            }
         );
         assert!(acc.is_empty());
     }
@@ -285,21 +206,5 @@ mod tests {
         // Flushing inside subxact 2 must not take the outer transaction's entry.
         assert!(acc.take_batch(2).is_none());
         assert!(acc.take_batch(1).is_some());
-    }
-
-    #[test]
-    fn dimension_values_are_json_escaped() {
-        let mut acc = Accumulator::default();
-        let k = Key {
-            kpi: 7,
-            bucket_us: -60_000_000,
-            dims: vec![Some("a\"b\\c".into())],
-            subxact: 1,
-        };
-        acc.apply(k, &[State::Count(0)], 1, &[Contribution::Present(true)])
-            .expect("apply");
-        let batch = acc.take_batch(1).expect("batch");
-        let parsed: serde_json::Value = serde_json::from_str(&batch).expect("valid json");
-        assert_eq!(parsed["7"][0][1][0], "a\"b\\c");
     }
 }

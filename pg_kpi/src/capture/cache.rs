@@ -5,7 +5,7 @@
 //! relcache invalidations: `kpi.create`/`kpi.drop` invalidate the source (and its
 //! partitions), and any DDL on them does too.
 
-use super::accumulator::State;
+use crate::deltas::State;
 use crate::errors::{KpiError, KpiResult};
 use crate::expr::{Compiled, Evaluator, Want};
 use crate::measures::{Kind, Measure};

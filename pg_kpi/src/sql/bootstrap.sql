@@ -29,10 +29,10 @@ CREATE TABLE kpi.definitions (
 COMMENT ON TABLE kpi.definitions IS 'pg_kpi catalog: one row per KPI (read it through kpi.list())';
 
 -- The delta buffer. Writers only ever INSERT here, one row per transaction carrying the
--- deltas of every KPI it touched: {"<kpi id>": [[bucket_us, [dims…], rows, [states…]], …]}.
+-- deltas of every KPI it touched, in the binary form of src/deltas (decoded in Rust).
 -- No index and no UPDATE, so concurrent writers never wait on each other; the fold
 -- drains it with DELETE … RETURNING.
-CREATE TABLE kpi.deltas (batch jsonb NOT NULL);
+CREATE TABLE kpi.deltas (batch bytea NOT NULL);
 -- The fold empties this table many times a second. Vacuum would then keep truncating its
 -- empty tail, which takes an ACCESS EXCLUSIVE lock that stalls every committing writer
 -- and the fold: keep the pages instead (they are reused at once).
