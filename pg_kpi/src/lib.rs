@@ -11,7 +11,8 @@
 //! - [`capture`]: the row trigger and transaction hooks that buffer deltas.
 //! - [`deltas`]: the delta batches writers append and the fold reads.
 //! - [`fold`]: merging deltas into aggregates, versions, NOTIFY.
-//! - [`worker`], [`wake`]: the fold background worker and how commits wake it.
+//! - [`worker`], [`wake`]: the fold background worker and how commits wake it;
+//!   [`vacuum`]: how it keeps the delta buffer small.
 //! - [`privileges`], [`gucs`], [`errors`], [`names`]: cross-cutting rules.
 
 use pgrx::prelude::*;
@@ -29,6 +30,7 @@ mod measures;
 mod names;
 mod privileges;
 mod triggers;
+mod vacuum;
 mod wake;
 mod worker;
 

@@ -4,6 +4,7 @@
 //! waits at least `pg_kpi.fold_min_interval_ms` before folding again, so a quiet system
 //! gets millisecond freshness and a busy one gets batching. Every
 //! `pg_kpi.fold_idle_interval_ms` it folds anyway (retention, missed wake-ups).
+//! About once a second while folds drain rows, it vacuums the delta buffer (`vacuum`).
 //! A failed fold is logged; the worker exits and the postmaster restarts it.
 
 use crate::gucs;
@@ -15,6 +16,9 @@ use std::time::Duration;
 const BUSY_FOLD_ROWS: i64 = 64;
 /// …and the next fold waits at least this long (still well under 100 ms freshness).
 const BUSY_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How often the worker vacuums `kpi.deltas` while folds drain rows (see `vacuum`).
+const VACUUM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Registers one worker per configured database (called from `_PG_init` at preload).
 pub fn register() {
@@ -49,6 +53,8 @@ pub extern "C-unwind" fn pg_kpi_fold_worker_main(_arg: pg_sys::Datum) {
 
     let mut last_fold = std::time::Instant::now() - Duration::from_secs(3600);
     let mut last_drained = 0i64;
+    let mut last_vacuum = std::time::Instant::now();
+    let mut drained_since_vacuum = 0i64;
     loop {
         let idle = Duration::from_millis(gucs::FOLD_IDLE_INTERVAL_MS.get().max(1) as u64);
         if !BackgroundWorker::wait_latch(Some(idle)) {
@@ -85,6 +91,12 @@ pub extern "C-unwind" fn pg_kpi_fold_worker_main(_arg: pg_sys::Datum) {
                 Err(e) => e.raise(),
             }
         });
+        drained_since_vacuum += last_drained;
+        if drained_since_vacuum > 0 && last_vacuum.elapsed() >= VACUUM_INTERVAL {
+            crate::vacuum::vacuum_deltas();
+            last_vacuum = std::time::Instant::now();
+            drained_since_vacuum = 0;
+        }
     }
     log!("pg_kpi fold worker for database \"{db}\" stopping");
 }
