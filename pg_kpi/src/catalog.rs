@@ -94,15 +94,12 @@ impl Kpi {
     }
 
     pub fn by_ids(ids: &[i32]) -> KpiResult<Vec<Kpi>> {
-        Spi::connect(|c| {
-            c.select(
-                &format!("{SELECT} WHERE d.id = ANY($1) ORDER BY d.id"),
-                None,
-                &[ids.to_vec().into()],
-            )?
-            .map(from_row)
-            .collect()
-        })
+        // Every fold runs this: keep its plan.
+        crate::prepared::run(
+            &format!("{SELECT} WHERE d.id = ANY($1) ORDER BY d.id"),
+            &[ids.to_vec().into()],
+            |rows| rows.map(from_row).collect(),
+        )
     }
 
     pub fn all() -> KpiResult<Vec<Kpi>> {

@@ -9,6 +9,7 @@ use crate::catalog::Kpi;
 use crate::ddl;
 use crate::deltas::{self, ByKpi, Merged};
 use crate::errors::{KpiError, KpiResult};
+use crate::prepared;
 use pgrx::prelude::*;
 
 /// Key of the advisory lock serializing folds ("pg_kpi" in ASCII).
@@ -18,28 +19,29 @@ const FOLD_LOCK: i64 = 0x70675f6b7069;
 const MAX_PAYLOAD: usize = 7900;
 
 pub fn lock_folds() -> KpiResult<()> {
-    Spi::run(&format!(
-        "SELECT pg_catalog.pg_advisory_xact_lock({FOLD_LOCK})"
-    ))?;
-    Ok(())
+    prepared::run(
+        "SELECT pg_catalog.pg_advisory_xact_lock($1)",
+        &[FOLD_LOCK.into()],
+        |_| Ok(()),
+    )
 }
 
 /// Locks every KPI source (and its partitions) against TRUNCATE, then takes the fold
 /// lock. TRUNCATE rebuilds lock in the same order (table first, fold lock second), so
 /// the two can never deadlock.
 fn lock_sources_then_folds() -> KpiResult<()> {
-    let sources: Vec<String> = Spi::connect(|c| {
-        c.select(
-            "SELECT DISTINCT format('%I.%I', n.nspname, c.relname)
-               FROM kpi.definitions d
-               JOIN pg_catalog.pg_class c ON c.oid = d.source
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace",
-            None,
-            &[],
-        )?
-        .map(|r| r.get::<String>(1).map(|v| v.unwrap_or_default()))
-        .collect::<Result<Vec<_>, _>>()
-    })?;
+    let sources: Vec<String> = prepared::run(
+        "SELECT DISTINCT format('%I.%I', n.nspname, c.relname)
+           FROM kpi.definitions d
+           JOIN pg_catalog.pg_class c ON c.oid = d.source
+           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace",
+        &[],
+        |rows| {
+            rows.map(|r| r.get::<String>(1).map(Option::unwrap_or_default))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Into::into)
+        },
+    )?;
     if !sources.is_empty() {
         Spi::run(&format!(
             "LOCK TABLE {} IN ACCESS SHARE MODE",
@@ -82,11 +84,12 @@ pub fn fold() -> KpiResult<i64> {
 /// Empties the delta buffer; returns how many batches it held and their entries,
 /// merged per group and grouped by KPI.
 fn drain() -> KpiResult<(i64, ByKpi)> {
-    let batches: Vec<Vec<u8>> = Spi::connect_mut(|c| {
-        c.update("DELETE FROM kpi.deltas RETURNING batch", None, &[])?
-            .map(|r| r.get::<Vec<u8>>(1).map(Option::unwrap_or_default))
-            .collect::<Result<Vec<_>, _>>()
-    })?;
+    let batches: Vec<Vec<u8>> =
+        prepared::run("DELETE FROM kpi.deltas RETURNING batch", &[], |rows| {
+            rows.map(|r| r.get::<Vec<u8>>(1).map(Option::unwrap_or_default))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(Into::into)
+        })?;
     let mut merged = Merged::default();
     for batch in &batches {
         merged.extend(deltas::decode(batch).map_err(KpiError::internal)?);
@@ -138,7 +141,7 @@ fn merge(k: &Kpi, t: usize, entries: &str) -> KpiResult<()> {
         keys = keys.join(", "),
         sets = sets.join(", "),
     );
-    Spi::run_with_args(&upsert, &[entries.into()])?;
+    prepared::run(&upsert, &[entries.into()], |_| Ok(()))?;
 
     // min/max/count_distinct: a removal may have taken the extreme (or the last copy of
     // a value) away, and these states cannot subtract it: rescan those groups.
@@ -209,7 +212,7 @@ fn merge(k: &Kpi, t: usize, entries: &str) -> KpiResult<()> {
             on = on.join(" AND "),
             join = join.join(" AND "),
         );
-        Spi::run_with_args(&repair, &[entries.into()])?;
+        prepared::run(&repair, &[entries.into()], |_| Ok(()))?;
     }
     Ok(())
 }
@@ -251,21 +254,25 @@ fn apply_retention() -> KpiResult<()> {
 
 /// Increments the versions of the given KPIs; returns (name, new version).
 pub fn bump_versions(ids: &[i32]) -> KpiResult<Vec<(String, i64)>> {
-    Ok(Spi::connect_mut(|c| {
-        c.update(
-            "UPDATE kpi.definitions SET version = version + 1 WHERE id = ANY($1) RETURNING name, version",
-            None,
-            &[ids.to_vec().into()],
-        )?
-        .map(|r| Ok((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or_default())))
-        .collect::<Result<Vec<_>, pgrx::spi::SpiError>>()
-    })?)
+    prepared::run(
+        "UPDATE kpi.definitions SET version = version + 1 WHERE id = ANY($1) RETURNING name, version",
+        &[ids.to_vec().into()],
+        |rows| {
+            rows.map(|r| {
+                Ok((
+                    r.get::<String>(1)?.unwrap_or_default(),
+                    r.get::<i64>(2)?.unwrap_or_default(),
+                ))
+            })
+            .collect()
+        },
+    )
 }
 
 /// Tells listeners to reload everything (`{"seq":N,"overflow":true}`): sent when a KPI
 /// is dropped, which a version map cannot express.
 pub fn notify_reload() -> KpiResult<()> {
-    let seq = Spi::get_one::<i64>("SELECT nextval('kpi.notify_seq')")?.unwrap_or_default();
+    let seq = next_seq()?;
     let payload = format!("{{\"seq\":{seq},\"overflow\":true}}");
     Spi::run_with_args(
         "SELECT pg_catalog.pg_notify('kpi_changes', $1)",
@@ -277,7 +284,7 @@ pub fn notify_reload() -> KpiResult<()> {
 /// One `kpi_changes` NOTIFY: `{"seq":N,"kpis":{"name":version,…}}`, or
 /// `{"seq":N,"overflow":true}` when that would not fit in a payload.
 pub fn notify_versions(versions: &[(String, i64)]) -> KpiResult<()> {
-    let seq = Spi::get_one::<i64>("SELECT nextval('kpi.notify_seq')")?.unwrap_or_default();
+    let seq = next_seq()?;
     let kpis: Vec<String> = versions
         .iter()
         .map(|(name, v)| format!("{}:{v}", serde_json::Value::String(name.clone())))
@@ -286,9 +293,18 @@ pub fn notify_versions(versions: &[(String, i64)]) -> KpiResult<()> {
     if payload.len() > MAX_PAYLOAD {
         payload = format!("{{\"seq\":{seq},\"overflow\":true}}");
     }
-    Spi::run_with_args(
+    prepared::run(
         "SELECT pg_catalog.pg_notify('kpi_changes', $1)",
         &[payload.as_str().into()],
-    )?;
-    Ok(())
+        |_| Ok(()),
+    )
+}
+
+fn next_seq() -> KpiResult<i64> {
+    prepared::run("SELECT nextval('kpi.notify_seq')", &[], |mut rows| {
+        Ok(rows
+            .next()
+            .and_then(|r| r.get::<i64>(1).ok().flatten())
+            .unwrap_or_default())
+    })
 }

@@ -10,7 +10,8 @@
 //! - [`triggers`]: the triggers on source tables.
 //! - [`capture`]: the row trigger and transaction hooks that buffer deltas.
 //! - [`deltas`]: the delta batches writers append and the fold reads.
-//! - [`fold`]: merging deltas into aggregates, versions, NOTIFY.
+//! - [`fold`]: merging deltas into aggregates, versions, NOTIFY; [`prepared`]: the
+//!   plans it keeps.
 //! - [`worker`], [`wake`]: the fold background worker and how commits wake it;
 //!   [`vacuum`]: how it keeps the delta buffer small.
 //! - [`privileges`], [`gucs`], [`errors`], [`names`]: cross-cutting rules.
@@ -28,6 +29,7 @@ mod fold;
 mod gucs;
 mod measures;
 mod names;
+mod prepared;
 mod privileges;
 mod triggers;
 mod vacuum;

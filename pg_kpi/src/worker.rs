@@ -101,11 +101,7 @@ pub extern "C-unwind" fn pg_kpi_fold_worker_main(_arg: pg_sys::Datum) {
     log!("pg_kpi fold worker for database \"{db}\" stopping");
 }
 
+/// Whether pg_kpi is installed in this database (a catalog lookup, no SQL).
 fn installed() -> bool {
-    Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'pg_kpi')",
-    )
-    .ok()
-    .flatten()
-    .unwrap_or(false)
+    unsafe { pg_sys::get_extension_oid(c"pg_kpi".as_ptr(), true) != pg_sys::InvalidOid }
 }
