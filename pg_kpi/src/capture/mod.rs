@@ -8,6 +8,7 @@
 
 mod accumulator;
 mod cache;
+mod numeric;
 
 use crate::errors::{KpiError, OrRaise};
 use crate::expr::Evaluator;
@@ -142,7 +143,14 @@ unsafe fn capture_row(table: &cache::TableKpis, slot: *mut pg_sys::TupleTableSlo
                     }),
                     _ => match (value, expr) {
                         (Some(v), Some(e)) => {
-                            Contribution::Number(Some(to_decimal(&ev.output(e, v))?))
+                            // SAFETY: a non-null value of a numeric-typed expression.
+                            let fast = (e.type_oid == pg_sys::NUMERICOID)
+                                .then(|| unsafe { numeric::to_decimal(v) })
+                                .flatten();
+                            Contribution::Number(Some(match fast {
+                                Some(d) => d,
+                                None => to_decimal(&ev.output(e, v))?,
+                            }))
                         }
                         _ => Contribution::Number(None),
                     },
