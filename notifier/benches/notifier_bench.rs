@@ -322,7 +322,26 @@ async fn freshness(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
         lat.len(),
         commits.len()
     );
+    // Where the tail sits in time: the worst latency of the rows committed each second.
+    let worst: Vec<String> = commits
+        .iter()
+        .zip(&lat)
+        .fold(Vec::<f64>::new(), |mut acc, (c, l)| {
+            let second = c.saturating_duration_since(started).as_secs() as usize;
+            if acc.len() <= second {
+                acc.resize(second + 1, 0.0);
+            }
+            acc[second] = acc[second].max(*l);
+            acc
+        })
+        .iter()
+        .map(|w| format!("{w:.0}"))
+        .collect();
     print_latencies("commit-to-client", lat);
+    println!(
+        "  worst commit-to-client by second of the run (ms): {}",
+        worst.join(" ")
+    );
     println!(
         "  notifier-side: NOTIFY-to-send {} ; publish-to-send {}",
         notifier
