@@ -113,7 +113,7 @@ fn decode(bytes: &[u8]) -> Option<Decimal> {
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {
-    use super::{decode, to_decimal};
+    use super::to_decimal;
     use pgrx::prelude::*;
     use pgrx::AnyNumeric;
     use rust_decimal::Decimal;
@@ -165,6 +165,13 @@ mod tests {
             None
         );
     }
+}
+
+/// Pure unit tests of the decoder on hand-built bytes.
+#[cfg(test)]
+mod unit {
+    use super::decode;
+    use rust_decimal::Decimal;
 
     fn long(negative: bool, dscale: u16, weight: i16, digits: &[i16]) -> Vec<u8> {
         let mut b = Vec::new();
