@@ -6,6 +6,10 @@
 PG_BIN="${PG_BIN_DIR:-/usr/lib/postgresql/15/bin}"
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
+# log, as_pg, free_port and create_database_offline.
+LOG_TAG=bench
+# shellcheck source=scripts/lib.sh
+source "$REPO_DIR/scripts/lib.sh"
 CLUSTER_ROOT="$REPO_DIR/target/bench-cluster"
 DB=bench
 
@@ -14,13 +18,6 @@ DB=bench
 # changes (what the extension controls) rather than the disk's fsync latency.
 # Override with BENCH_PG_OPTS (e.g. "-c synchronous_commit=on").
 BENCH_PG_OPTS="${BENCH_PG_OPTS:--c synchronous_commit=off}"
-
-log() { printf '[bench] %s\n' "$*" >&2; }
-
-# Postgres refuses to run as root: run its binaries as `postgres` when we are root.
-as_pg() {
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
 
 # Where pg_kpi's files come from: the system installation, or the output of
 # `cargo pgrx package --out-dir DIR` when PG_KPI_PACKAGE=DIR (a release build that
@@ -74,10 +71,6 @@ snapshot_install() {
     PG_BIN="$root$bindir"
 }
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # Starts the cluster and creates database `bench` with the extension.
 start_cluster() {
     require_extension
@@ -97,8 +90,9 @@ start_cluster() {
     local opts="-p $PORT -k $PGDIR -c listen_addresses=127.0.0.1 -c max_connections=50"
     opts+=" -c shared_buffers=256MB -c max_wal_size=4GB -c checkpoint_timeout=30min"
     opts+=" -c shared_preload_libraries=pg_kpi -c pg_kpi.databases=$DB $BENCH_PG_OPTS"
+    # Created before the server starts, so that the fold worker finds its database at once.
+    create_database_offline "$PGDIR/data" "$DB"
     as_pg "$PG_BIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/server.log" -w -t 60 -o "$opts" start >/dev/null
-    psql_db postgres -c "CREATE DATABASE $DB" >/dev/null
     psql_db "$DB" -c "CREATE EXTENSION pg_kpi" >/dev/null
     log "cluster on port $PORT in $PGDIR"
 }

@@ -26,13 +26,25 @@ cluster_start() {
     fi
     if [ ! -f "$dir/PG_VERSION" ]; then
         as_pg "$PG_BIN/initdb" -A trust -U postgres -E UTF8 -D "$dir" >/dev/null
+        # Before the server starts, so that the fold worker finds its database at once
+        # (otherwise it exits and the postmaster restarts it a second later).
+        create_database_offline "$dir" "$db"
     fi
     as_pg "$PG_BIN/pg_ctl" -D "$dir" -l "$dir.log" -w -o \
         "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_kpi -c pg_kpi.databases=$db -c max_connections=200" \
         start >/dev/null
-    psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -qAtc \
-        "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 ||
-        psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -qc "CREATE DATABASE $db"
+}
+
+# create_database_offline DATADIR DBNAME — CREATE DATABASE in single-user mode, with the
+# server stopped.
+create_database_offline() {
+    local out
+    if ! out="$(echo "CREATE DATABASE $2" | as_pg "$PG_BIN/postgres" --single -D "$1" postgres 2>&1)" ||
+        grep -q 'ERROR:' <<<"$out"; then
+        printf '%s\n' "$out" >&2
+        log "could not create database $2 in $1"
+        return 1
+    fi
 }
 
 cluster_stop() {

@@ -64,6 +64,14 @@ impl Shutdown {
         let _ = self.0.wait_for(|down| *down).await;
     }
 
+    /// [`Shutdown::wait`] as an owned future, for a `select!` loop to pin once: a wait
+    /// created anew on every iteration registers and removes a waiter on the one channel
+    /// every connection shares, and 10,000 sessions doing that on every value they send
+    /// contend for its lock.
+    pub async fn fired(mut self) {
+        self.wait().await
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         *self.0.borrow()
     }

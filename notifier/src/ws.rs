@@ -53,8 +53,11 @@ pub async fn handler(
     Ok(ws
         // tungstenite reserves 128 KiB per connection for reads and buffers writes up to
         // 128 KiB by default; client messages are tiny and every send is flushed, so
-        // small buffers keep 10,000 connections cheap.
-        .read_buffer_size(4 * 1024)
+        // small buffers keep 10,000 connections cheap. The read buffer is also zeroed up
+        // to this size on every read attempt, which happens each time the session wakes
+        // to send a value: at 4 KiB that was 4 % of the notifier's CPU in the fan-out
+        // benchmark.
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(limit)
         .max_frame_size(limit)
@@ -170,12 +173,21 @@ impl Session {
         let mut last_heard = Instant::now();
         let expiry = token_expiry(self.principal.expires_at);
         tokio::pin!(expiry);
-        let mut shutdown = state.shutdown.clone();
+        let shutdown = state.shutdown.clone().fired();
+        tokio::pin!(shutdown);
 
         let end = loop {
+            // Biased, with values before client frames: a wake-up is nearly always a new
+            // value, and the first ready branch ends the poll.
             tokio::select! {
-                _ = shutdown.wait() => break End::Close(close::GOING_AWAY, "server shutting down".into()),
+                biased;
+                _ = &mut shutdown => break End::Close(close::GOING_AWAY, "server shutting down".into()),
                 _ = &mut expiry => break End::Close(close::UNAUTHORIZED, "token expired".into()),
+                Some((kpi, item)) = self.subs.next() => {
+                    if let Err(end) = self.on_value(&kpi, item, &mut sink).await {
+                        break end;
+                    }
+                }
                 frame = stream.next() => {
                     last_heard = Instant::now();
                     match frame {
@@ -191,11 +203,6 @@ impl Session {
                         // tungstenite answers pings itself; any frame proves the client reads.
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                         Some(Err(e)) => break read_error(&e.to_string(), state.config.limits.max_message_bytes),
-                    }
-                }
-                Some((kpi, item)) = self.subs.next() => {
-                    if let Err(end) = self.on_value(&kpi, item, &mut sink).await {
-                        break end;
                     }
                 }
                 _ = ping.tick() => {

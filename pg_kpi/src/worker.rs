@@ -12,8 +12,9 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags
 use pgrx::prelude::*;
 use std::time::Duration;
 
-/// A fold that drained at least this many delta rows means writers are busy…
-const BUSY_FOLD_ROWS: i64 = 64;
+/// Writers committing delta rows faster than this (per second, measured over the last
+/// fold period) are busy…
+const BUSY_ROWS_PER_SEC: f64 = 3_200.0;
 /// …and the next fold waits at least this long (still well under 100 ms freshness).
 const BUSY_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -52,7 +53,7 @@ pub extern "C-unwind" fn pg_kpi_fold_worker_main(_arg: pg_sys::Datum) {
     log!("pg_kpi fold worker started for database \"{db}\"");
 
     let mut last_fold = std::time::Instant::now() - Duration::from_secs(3600);
-    let mut last_drained = 0i64;
+    let mut busy = false;
     let mut last_vacuum = std::time::Instant::now();
     let mut drained_since_vacuum = 0i64;
     loop {
@@ -66,11 +67,7 @@ pub extern "C-unwind" fn pg_kpi_fold_worker_main(_arg: pg_sys::Datum) {
         // Rate limit: batch whatever arrives during the minimum interval, and wait
         // longer after a busy fold so that per-fold costs do not grow with the load.
         let base = Duration::from_millis(gucs::FOLD_MIN_INTERVAL_MS.get().max(1) as u64);
-        let min = if last_drained >= BUSY_FOLD_ROWS {
-            base.max(BUSY_INTERVAL)
-        } else {
-            base
-        };
+        let min = if busy { base.max(BUSY_INTERVAL) } else { base };
         let since = last_fold.elapsed();
         if since < min {
             // A plain sleep: writers setting the latch meanwhile must not cut it short.
@@ -79,10 +76,11 @@ pub extern "C-unwind" fn pg_kpi_fold_worker_main(_arg: pg_sys::Datum) {
                 break;
             }
         }
+        let period = last_fold.elapsed();
         last_fold = std::time::Instant::now();
         // An error aborts the transaction and ends the process; the postmaster restarts
         // the worker a second later and the deltas are still there to fold.
-        last_drained = BackgroundWorker::transaction(|| {
+        let drained = BackgroundWorker::transaction(|| {
             if !installed() {
                 return 0;
             }
@@ -91,7 +89,8 @@ pub extern "C-unwind" fn pg_kpi_fold_worker_main(_arg: pg_sys::Datum) {
                 Err(e) => e.raise(),
             }
         });
-        drained_since_vacuum += last_drained;
+        busy = is_busy(drained, period);
+        drained_since_vacuum += drained;
         if drained_since_vacuum > 0 && last_vacuum.elapsed() >= VACUUM_INTERVAL {
             crate::vacuum::vacuum_deltas();
             last_vacuum = std::time::Instant::now();
@@ -101,7 +100,34 @@ pub extern "C-unwind" fn pg_kpi_fold_worker_main(_arg: pg_sys::Datum) {
     log!("pg_kpi fold worker for database \"{db}\" stopping");
 }
 
+/// Whether writers are busy: judged by the rate of delta rows, not by the rows of one
+/// fold, because the rows of one fold grow with the interval. (Judged by rows per fold,
+/// 2,000 rows/s made 40-row folds every 20 ms or, once a backlog had tipped it over,
+/// 100-row folds every 50 ms for good, whichever came first.)
+fn is_busy(drained: i64, period: Duration) -> bool {
+    drained as f64 >= BUSY_ROWS_PER_SEC * period.as_secs_f64()
+}
+
 /// Whether pg_kpi is installed in this database (a catalog lookup, no SQL).
 fn installed() -> bool {
     unsafe { pg_sys::get_extension_oid(c"pg_kpi".as_ptr(), true) != pg_sys::InvalidOid }
+}
+
+#[cfg(test)]
+mod pacing {
+    use super::is_busy;
+    use std::time::Duration;
+
+    #[test]
+    fn busy_is_a_rate_whatever_the_fold_interval() {
+        let ms = Duration::from_millis;
+        // 2,000 rows/s is not busy, judged at 20 ms or at 50 ms…
+        assert!(!is_busy(40, ms(20)));
+        assert!(!is_busy(100, ms(50)));
+        // …nor is one backlog after a long idle spell.
+        assert!(!is_busy(1_500, ms(1_000)));
+        // 20,000 rows/s is busy at either interval.
+        assert!(is_busy(400, ms(20)));
+        assert!(is_busy(1_000, ms(50)));
+    }
 }

@@ -18,6 +18,7 @@
 //! - [`workload`]: seeded random DML sessions (every write path, TRUNCATE, crashes);
 //! - [`notify`]: the `kpi_changes` payload contract.
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -169,8 +170,10 @@ impl Cluster {
             dir,
             options,
         };
+        // Created before the server starts, so that the fold worker finds its database at
+        // once (otherwise it exits, and the postmaster restarts it a second later).
+        cluster.create_database_offline("test");
         cluster.pg_ctl_start();
-        cluster.exec_in("postgres", "CREATE DATABASE test");
         if cluster.options.create_extension {
             cluster.exec("CREATE EXTENSION pg_kpi");
         }
@@ -190,6 +193,31 @@ impl Cluster {
             opts.push_str(&format!(" -c {k}={v}"));
         }
         opts
+    }
+
+    /// Creates a database in single-user mode, with the server stopped.
+    fn create_database_offline(&self, db: &str) {
+        let mut child = pg_command("postgres")
+            .arg("--single")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("postgres")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run postgres --single");
+        if let Some(mut stdin) = child.stdin.take() {
+            writeln!(stdin, "CREATE DATABASE {db}").expect("write to postgres --single");
+        }
+        let out = child
+            .wait_with_output()
+            .expect("wait for postgres --single");
+        assert!(
+            out.status.success(),
+            "CREATE DATABASE {db} in single-user mode failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     fn log_path(&self) -> PathBuf {
