@@ -55,22 +55,25 @@ write_overhead() {
     printf ' %12s' "${header[@]:1}"
     echo
     for clients in $CLIENTS; do
-        declare -A tps=()
-        for variant in $VARIANTS; do
-            results=()
-            for _ in $(seq "$ROUNDS"); do
+        declare -A tps=() runs=()
+        # Rounds alternate the variants, so that the machine's drift hits them alike.
+        for _ in $(seq "$ROUNDS"); do
+            for variant in $VARIANTS; do
                 truncate_tables orders_bare orders_kpi orders_sketch orders_naive \
                     naive_checkout naive_totals naive_by_status
-                results+=("$(run_pgbench "$scripts/orders_$variant.sql" "$clients")")
+                runs[$variant]+=" $(run_pgbench "$scripts/orders_$variant.sql" "$clients")"
                 sanity_check "$variant"
             done
-            tps[$variant]="$(median "${results[@]}")"
+        done
+        for variant in $VARIANTS; do
+            # shellcheck disable=SC2086 # the runs are a space-separated list
+            tps[$variant]="$(median ${runs[$variant]})"
         done
         printf '%-8s' "$clients"
         for v in $VARIANTS; do printf ' %12.0f' "${tps[$v]}"; done
         for v in $VARIANTS; do [ "$v" = bare ] || printf ' %12s' "$(ratio "${tps[$v]}" "${tps[bare]}")"; done
         echo
-        unset tps
+        unset tps runs
     done
     echo "target: sketch/bare >= 0.75 (kpi/bare >= 0.80, as in write_overhead.sh)"
 }

@@ -2,6 +2,8 @@
 //!
 //! - `kpi._agg_<id>`: folded state per bucket and dimension values;
 //! - `kpi._state_<id>`: that state plus the not-yet-folded deltas, decoded (exact);
+//! - `kpi._agg_<id>_r<t>` and `kpi._state_<id>_r<t>`: the same for tier `t` (rollups,
+//!   and the dimensionless totals tiers, whose rows sum over all dimension values);
 //! - `kpi.<name>`: the user's view, finalized values per bucket and dimensions.
 //!
 //! Only normalized SQL deparsed by Postgres (see `expr`) and quoted identifiers are
@@ -13,8 +15,8 @@ use crate::measures::Kind;
 /// `CREATE TABLE` and index of the aggregate table.
 pub fn create_agg_table(k: &Kpi, t: usize) -> String {
     let mut cols = vec!["bucket timestamptz NOT NULL".to_string()];
-    for (d, t) in k.dim_cols().iter().zip(&k.dimension_types) {
-        cols.push(format!("{d} {t}"));
+    for (d, ty) in k.tier_dim_cols(t).iter().zip(&k.dimension_types) {
+        cols.push(format!("{d} {ty}"));
     }
     cols.push("_n bigint NOT NULL".into());
     for (i, m) in k.measures.iter().enumerate() {
@@ -27,7 +29,7 @@ pub fn create_agg_table(k: &Kpi, t: usize) -> String {
         }
     }
     let mut key = vec!["bucket".to_string()];
-    key.extend(k.dim_cols());
+    key.extend(k.tier_dim_cols(t));
     format!(
         "CREATE TABLE {agg} ({cols});
          CREATE UNIQUE INDEX ON {agg} ({key}) NULLS NOT DISTINCT;
@@ -39,10 +41,10 @@ pub fn create_agg_table(k: &Kpi, t: usize) -> String {
     )
 }
 
-/// The columns of the state view, in order (shared by both branches of its UNION).
-fn state_columns(k: &Kpi) -> Vec<String> {
+/// The columns of tier `t`'s state view, in order (shared by both branches of its UNION).
+fn state_columns(k: &Kpi, t: usize) -> Vec<String> {
     let mut cols = vec!["bucket".to_string()];
-    cols.extend(k.dim_cols());
+    cols.extend(k.tier_dim_cols(t));
     cols.push("_n".into());
     for (i, m) in k.measures.iter().enumerate() {
         cols.extend(m.state_columns(i).into_iter().map(|(c, _)| c));
@@ -53,19 +55,23 @@ fn state_columns(k: &Kpi) -> Vec<String> {
     cols
 }
 
-/// Decoding of one delta entry `x` into the state view's columns.
-/// For tier `t` > 0 the captured bucket is re-binned into the tier's wider bucket.
+/// Decoding of one delta entry `x` into tier `t`'s state view columns. For a tier
+/// wider than the KPI's bucket the captured bucket is re-binned into the tier's; a
+/// dimensionless tier leaves the dimension values out.
 pub fn decode_entry_columns(k: &Kpi, t: usize) -> Vec<String> {
     let bucket = "kpi._bucket_ts((x->>0)::bigint)".to_string();
-    let mut cols = vec![match t {
-        0 => bucket,
-        t => format!(
+    let mut cols = vec![if k.tiers[t].bucket_us == k.bucket_us {
+        bucket
+    } else {
+        format!(
             "date_bin({}, {bucket}, '2000-01-01 00:00:00+00'::timestamptz)",
             k.width_sql(t)
-        ),
+        )
     }];
-    for (j, t) in k.dimension_types.iter().enumerate() {
-        cols.push(format!("(x->1->>{j})::{t}"));
+    if k.tiers[t].dims {
+        for (j, ty) in k.dimension_types.iter().enumerate() {
+            cols.push(format!("(x->1->>{j})::{ty}"));
+        }
     }
     cols.push("(x->>2)::bigint".into());
     for (i, m) in k.measures.iter().enumerate() {
@@ -78,7 +84,7 @@ pub fn decode_entry_columns(k: &Kpi, t: usize) -> Vec<String> {
 }
 
 pub fn create_state_view(k: &Kpi, t: usize) -> String {
-    let names = state_columns(k);
+    let names = state_columns(k, t);
     let agg_cols: Vec<String> = names
         .iter()
         .map(|c| {
@@ -146,11 +152,12 @@ pub fn create_view(k: &Kpi) -> String {
 
 /// One scan of the source filling the aggregate table of tier `t`.
 pub fn backfill(k: &Kpi, t: usize) -> String {
+    let dims = k.tier_dim_cols(t);
     let mut cols = vec!["bucket".to_string()];
-    cols.extend(k.dim_cols());
+    cols.extend(dims.iter().cloned());
     cols.push("_n".into());
     let mut sel = vec![k.tier_bucket_of_row_sql("r", t)];
-    sel.extend(k.dim_cols().iter().map(|d| format!("r.{d}")));
+    sel.extend(dims.iter().map(|d| format!("r.{d}")));
     sel.push("count(*)".into());
     for (i, m) in k.measures.iter().enumerate() {
         for (c, _) in m.state_columns(i) {
@@ -158,9 +165,7 @@ pub fn backfill(k: &Kpi, t: usize) -> String {
             cols.push(c);
         }
     }
-    let group: Vec<String> = (1..=1 + k.dimensions.len())
-        .map(|i| i.to_string())
-        .collect();
+    let group: Vec<String> = (1..=1 + dims.len()).map(|i| i.to_string()).collect();
     let only = if k.partitioned { "" } else { "ONLY " };
     format!(
         "INSERT INTO {agg} ({cols}) SELECT {sel} FROM {only}{src} r WHERE {counted} GROUP BY {group}",

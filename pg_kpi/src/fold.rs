@@ -97,15 +97,16 @@ fn drain() -> KpiResult<(i64, ByKpi)> {
     Ok((batches.len() as i64, merged.by_kpi()))
 }
 
-fn key_cols(k: &Kpi) -> Vec<String> {
+/// The key of tier `t`'s aggregate rows.
+fn key_cols(k: &Kpi, t: usize) -> Vec<String> {
     let mut cols = vec!["bucket".to_string()];
-    cols.extend(k.dim_cols());
+    cols.extend(k.tier_dim_cols(t));
     cols
 }
 
-/// Merges one KPI's drained entries (a jsonb array) into its aggregate table.
+/// Merges one KPI's drained entries (a jsonb array) into tier `t`'s aggregate table.
 fn merge(k: &Kpi, t: usize, entries: &str) -> KpiResult<()> {
-    let keys = key_cols(k);
+    let keys = key_cols(k, t);
     let mut names = keys.clone();
     names.push("_n".into());
     let mut merged = keys.clone();
@@ -155,7 +156,7 @@ fn merge(k: &Kpi, t: usize, entries: &str) -> KpiResult<()> {
     if !dirty.is_empty() {
         // One grouped scan of the source over the dirty buckets' time range, rather than
         // one scan per dirty group.
-        let dims = k.dim_cols();
+        let dims = k.tier_dim_cols(t);
         let mut rescans = Vec::new();
         let mut sets = Vec::new();
         for (i, m) in k.measures.iter().enumerate() {

@@ -10,6 +10,10 @@ pub static DATABASES: GucSetting<Option<CString>> =
 /// Minimum time between two folds of one database: batches deltas when writes are busy.
 pub static FOLD_MIN_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(20);
 
+/// Minimum time between two folds while writers are busy (see `worker`): fewer, larger
+/// folds under load, so that folding does not compete with the writers.
+pub static FOLD_BUSY_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(50);
+
 /// How often the fold worker wakes without writes (retention, missed wake-ups).
 pub static FOLD_IDLE_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
@@ -33,6 +37,16 @@ pub fn init(preloading: bool) {
         c"Minimum time between two folds, in milliseconds.",
         c"Low values lower latency; higher values batch more deltas per fold when writes are busy.",
         &FOLD_MIN_INTERVAL_MS,
+        1,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_kpi.fold_busy_interval_ms",
+        c"Minimum time between two folds while writers are busy, in milliseconds.",
+        c"Busy means more than 3,200 delta rows a second. Higher values leave more CPU to the writers at the cost of freshness under load.",
+        &FOLD_BUSY_INTERVAL_MS,
         1,
         60_000,
         GucContext::Sighup,

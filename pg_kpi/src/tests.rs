@@ -392,6 +392,52 @@ mod tests {
         );
     }
 
+    /// Reads without a dimension filter use the dimensionless tier (one row per bucket):
+    /// it must agree with the source, with deltas pending and after the fold, including
+    /// min/max after their extreme rows were deleted.
+    #[pg_test]
+    fn totals_tier_agrees_with_the_source() {
+        setup();
+        create_checkout();
+        let id = Spi::get_one::<i32>("SELECT id FROM kpi.definitions WHERE name = 'checkout'")
+            .expect("id")
+            .expect("exists");
+        let check = |when: &str| {
+            let row = Spi::get_one::<bool>(
+                "WITH src AS (
+                   SELECT * FROM orders WHERE status <> 'cancelled'
+                      AND created_at >= date_bin('1 minute', now() - interval '1 day', '2000-01-01 00:00:00+00'))
+                 SELECT kpi.value('checkout', 'revenue', '1 day') = (SELECT sum(amount * quantity) FROM src)
+                    AND kpi.value('checkout', 'orders', '1 day') = (SELECT count(*) FROM src)
+                    AND round(kpi.value('checkout', 'aov', '1 day'), 10) = (SELECT round(avg(amount), 10) FROM src)
+                    AND kpi.value('checkout', 'lo', '1 day') = (SELECT min(amount) FROM src)
+                    AND kpi.value('checkout', 'hi', '1 day') = (SELECT max(amount) FROM src)
+                    AND (SELECT sum(value) FROM kpi.series('checkout', 'orders', now() - interval '1 day'))
+                        = (SELECT count(*) FROM src)",
+            )
+            .expect("totals reads");
+            assert_eq!(row, Some(true), "totals differ from the source {when}");
+        };
+        check("after backfill");
+        Spi::run(
+            "DELETE FROM orders WHERE amount < 2 OR amount > 12;
+             UPDATE orders SET amount = amount + 100, region = 'us' WHERE id % 7 = 0;
+             INSERT INTO orders (created_at, region, channel, status, amount, quantity)
+             VALUES (now(), NULL, 'web', 'paid', 0.25, 2);
+             SELECT kpi._flush_for_tests();",
+        )
+        .expect("changes");
+        check("with deltas pending");
+        Spi::run("SELECT kpi.fold()").expect("fold");
+        check("after the fold");
+        let per_bucket = Spi::get_one::<bool>(&format!(
+            "SELECT (SELECT count(*) FROM kpi._agg_{id}_r1)
+                  = (SELECT count(DISTINCT bucket) FROM kpi._agg_{id})"
+        ))
+        .expect("totals rows");
+        assert_eq!(per_bucket, Some(true), "one totals row per bucket");
+    }
+
     /// Rollup tiers: the base keeps 2 hours of minutes, an hourly tier 30 days, a daily
     /// tier forever; reads over longer windows use the coarser tiers and stay exact.
     #[pg_test]

@@ -13,10 +13,9 @@ use pgrx::prelude::*;
 use std::time::Duration;
 
 /// Writers committing delta rows faster than this (per second, measured over the last
-/// fold period) are busy…
+/// fold period) are busy, and the next fold waits at least
+/// `pg_kpi.fold_busy_interval_ms`.
 const BUSY_ROWS_PER_SEC: f64 = 3_200.0;
-/// …and the next fold waits at least this long (still well under 100 ms freshness).
-const BUSY_INTERVAL: Duration = Duration::from_millis(50);
 
 /// How often the worker vacuums `kpi.deltas` while folds drain rows (see `vacuum`).
 const VACUUM_INTERVAL: Duration = Duration::from_secs(1);
@@ -67,7 +66,12 @@ pub extern "C-unwind" fn pg_kpi_fold_worker_main(_arg: pg_sys::Datum) {
         // Rate limit: batch whatever arrives during the minimum interval, and wait
         // longer after a busy fold so that per-fold costs do not grow with the load.
         let base = Duration::from_millis(gucs::FOLD_MIN_INTERVAL_MS.get().max(1) as u64);
-        let min = if busy { base.max(BUSY_INTERVAL) } else { base };
+        let min = if busy {
+            let busy_ms = gucs::FOLD_BUSY_INTERVAL_MS.get().max(1) as u64;
+            base.max(Duration::from_millis(busy_ms))
+        } else {
+            base
+        };
         let since = last_fold.elapsed();
         if since < min {
             // A plain sleep: writers setting the latch meanwhile must not cut it short.

@@ -108,6 +108,9 @@ impl SketchStats {
     }
 }
 
+/// The window of the totals check: all the test data.
+const TOTALS_WINDOW: &str = "100 years";
+
 /// Compares one KPI's view with its recomputation; `Err` holds a readable diff.
 pub fn check(client: &mut Client, kpi: &KpiSpec) -> Result<(), String> {
     check_with_stats(client, kpi).map(|_| ())
@@ -133,6 +136,17 @@ pub fn check_with_stats(client: &mut Client, kpi: &KpiSpec) -> Result<SketchStat
         // source before the first query makes the snapshot wait for any TRUNCATE.
         tx.batch_execute(&format!("LOCK TABLE {} IN ACCESS SHARE MODE", kpi.source))?;
         let mut report = exact_diff(&mut tx, kpi, &view, &oracle)?.unwrap_or_default();
+        // The totals that dashboards read (`kpi.value` without dims), in the same snapshot.
+        let totals = kpi.totals_check_sql(TOTALS_WINDOW);
+        let row = tx.query_one(totals.as_str(), &[])?;
+        if !row.get::<_, bool>(2) {
+            report.push_str(&format!(
+                "KPI {}: kpi.value over {TOTALS_WINDOW} without dims reads {} but the source gives {}\n  totals query: {totals}\n",
+                kpi.name,
+                row.get::<_, String>(0),
+                row.get::<_, Option<String>>(1).unwrap_or_default(),
+            ));
+        }
         // In the same snapshot as the exact comparison.
         let mut stats = SketchStats::default();
         if let Some(sql) = &sketch_sql {

@@ -269,6 +269,69 @@ impl KpiSpec {
         format!("SELECT {} FROM kpi.{}", cols.join(", "), self.name)
     }
 
+    /// One row, two arrays: every exact measure read with `kpi.value` over `window`
+    /// without a dimension filter (the dimensionless tier, for a KPI with dimensions),
+    /// and the same recomputed from the source over the same buckets. Equal when right
+    /// (numeric equality: the scales may differ).
+    pub fn totals_check_sql(&self, window: &str) -> String {
+        let bin = |t: &str| {
+            format!(
+                "date_bin({}::interval, {t}, {}::timestamptz)",
+                lit(&self.bucket),
+                lit(BUCKET_ORIGIN)
+            )
+        };
+        let read: Vec<String> = self
+            .exact_measures()
+            .map(|m| {
+                let v = format!(
+                    "kpi.value({}, {}, {}::interval)",
+                    lit(&self.name),
+                    lit(&m.name),
+                    lit(window)
+                );
+                match m.kind {
+                    Kind::Avg => format!("round({v}, 10)"),
+                    _ => v,
+                }
+            })
+            .collect();
+        let exact: Vec<String> = self
+            .exact_measures()
+            .map(|m| format!("({})::numeric", m.oracle_expr()))
+            .collect();
+        let mut conditions = vec![
+            format!("isfinite({})", self.time_column),
+            format!(
+                "{} >= {}",
+                bin(&self.time_expr()),
+                bin(&format!("now() - {}::interval", lit(window)))
+            ),
+            format!(
+                "{} < {} + {}::interval",
+                bin(&self.time_expr()),
+                bin("now()"),
+                lit(&self.bucket)
+            ),
+        ];
+        if let Some(filter) = &self.filter {
+            conditions.push(format!("({filter})"));
+        }
+        format!(
+            "SELECT ARRAY[{}]::numeric[]::text, (SELECT ARRAY[{}]::text FROM {} WHERE {}),
+                    ARRAY[{}]::numeric[] IS NOT DISTINCT FROM
+                    (SELECT ARRAY[{}] FROM {} WHERE {})",
+            read.join(", "),
+            exact.join(", "),
+            self.source,
+            conditions.join(" AND "),
+            read.join(", "),
+            exact.join(", "),
+            self.source,
+            conditions.join(" AND "),
+        )
+    }
+
     /// Recomputes the KPI's exact measures from its source with GROUP BY: what
     /// [`KpiSpec::view_sql`] must equal.
     pub fn oracle_sql(&self) -> String {

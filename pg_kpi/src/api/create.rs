@@ -114,6 +114,7 @@ fn parse_rollups(
             bucket_us: width_us,
             retention: keep_text,
             retention_us: keep_us,
+            dims: true,
         });
     }
     tiers.sort_by_key(|t| t.bucket_us);

@@ -65,6 +65,17 @@ fn dims_filter(k: &Kpi, dims: &serde_json::Value) -> KpiResult<(String, String)>
 
 const USECS_PER_DAY: i64 = 86_400_000_000;
 
+/// The tier to read for `span_us` back from now at `step_us`: without a dimension
+/// filter, the dimensionless copy (one row per bucket).
+fn read_tier(k: &Kpi, span_us: i64, step_us: Option<i64>, dims: &(String, String)) -> usize {
+    let t = k.pick_tier(span_us, step_us);
+    if dims.0.is_empty() {
+        k.totals_of(t)
+    } else {
+        t
+    }
+}
+
 /// An interval's length in microseconds (months counted as 30 days).
 fn interval_us(i: &Interval) -> i64 {
     i64::from(i.months()) * 30 * USECS_PER_DAY + i64::from(i.days()) * USECS_PER_DAY + i.micros()
@@ -139,7 +150,7 @@ fn value(name: &str, measure: &str, window: Interval, dims: JsonB) -> Option<Any
         let k = readable(name)?;
         let i = k.measure_index(measure)?;
         let dims = dims_filter(&k, &dims.0)?;
-        let t = k.pick_tier(interval_us(&window), None);
+        let t = read_tier(&k, interval_us(&window), None, &dims);
         let (lo, hi) = window_bounds(&k, t, "now()", "$1");
         let q = Query::window(&k, t, lo, hi, &dims);
         let sql = format!("SELECT {} FROM {}", q.measure(i), q.from());
@@ -212,7 +223,7 @@ fn series(
         };
         for &(j, offset) in offsets {
             let off_us = [0, USECS_PER_DAY, 7 * USECS_PER_DAY][j];
-            let t = k.pick_tier(span + off_us, Some(step_us));
+            let t = read_tier(&k, span + off_us, Some(step_us), &dims);
             let off = format!("interval '{offset}'");
             let q = Query {
                 k: &k,
@@ -318,7 +329,7 @@ fn snapshot(name: &str) -> JsonB {
         let mut froms = Vec::new();
         let mut per_measure: Vec<Vec<String>> = vec![Vec::new(); k.measures.len()];
         for (j, (label, reach, end, len)) in ranges.iter().enumerate() {
-            let t = k.pick_tier(*reach, None);
+            let t = read_tier(&k, *reach, None, &none);
             let (lo, hi) = window_bounds(&k, t, end, len);
             let q = Query::window(&k, t, lo, hi, &none);
             let cols: Vec<String> = (0..k.measures.len())
