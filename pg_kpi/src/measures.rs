@@ -352,16 +352,16 @@ impl Measure {
                 }
             }
             Kind::CountDistinct => {
-                let merged = format!("kpi._hll_merge_all(array_agg(s._m{i}_hll))");
+                let merged = format!("kpi._hll_count_all(array_agg(s._m{i}_hll))");
                 match rescan {
                     Some(sub) => format!(
-                        "kpi._hll_count(CASE WHEN bool_or(s._m{i}_dirty) THEN ({sub}) ELSE {merged} END)"
+                        "CASE WHEN bool_or(s._m{i}_dirty) THEN kpi._hll_count(({sub})) ELSE {merged} END"
                     ),
-                    None => format!("kpi._hll_count({merged})"),
+                    None => merged,
                 }
             }
             Kind::Percentile => format!(
-                "kpi._dd_quantile(kpi._dd_merge_all(array_agg(s._m{o}_dd)), {q})",
+                "kpi._dd_quantile_all(array_agg(s._m{o}_dd), {q})",
                 o = self.shares.unwrap_or(i),
                 q = self.q.unwrap_or(0.5)
             ),

@@ -38,8 +38,8 @@ fn hll_merge(a: Option<&[u8]>, b: Option<&[u8]>) -> Option<Vec<u8>> {
     }
 }
 
-#[pg_extern(schema = "kpi", name = "_hll_merge_all", immutable, parallel_safe)]
-fn hll_merge_all(states: Array<'_, &[u8]>) -> Option<Vec<u8>> {
+/// The union of the non-NULL states, `None` when there are none.
+fn merged_hll(states: Array<'_, &[u8]>) -> Option<Hll> {
     let mut merged: Option<Hll> = None;
     for bytes in states.iter().flatten() {
         let h = hll(bytes);
@@ -48,7 +48,19 @@ fn hll_merge_all(states: Array<'_, &[u8]>) -> Option<Vec<u8>> {
             None => merged = Some(h),
         }
     }
-    merged.map(|m| m.to_bytes())
+    merged
+}
+
+#[pg_extern(schema = "kpi", name = "_hll_merge_all", immutable, parallel_safe)]
+fn hll_merge_all(states: Array<'_, &[u8]>) -> Option<Vec<u8>> {
+    merged_hll(states).map(|m| m.to_bytes())
+}
+
+/// `_hll_count(_hll_merge_all(states))` without encoding and decoding the union: reads
+/// finalize one group per output row, 1,440 of them for a day of minutes.
+#[pg_extern(schema = "kpi", name = "_hll_count_all", immutable, parallel_safe)]
+fn hll_count_all(states: Array<'_, &[u8]>) -> i64 {
+    merged_hll(states).map_or(0, |m| m.cardinality() as i64)
 }
 
 #[pg_extern(schema = "kpi", name = "_hll_of", immutable, parallel_safe)]
@@ -78,8 +90,8 @@ fn dd_merge(a: Option<&[u8]>, b: Option<&[u8]>) -> Option<Vec<u8>> {
     }
 }
 
-#[pg_extern(schema = "kpi", name = "_dd_merge_all", immutable, parallel_safe)]
-fn dd_merge_all(states: Array<'_, &[u8]>) -> Option<Vec<u8>> {
+/// The merge of the non-NULL states, `None` when there are none.
+fn merged_dd(states: Array<'_, &[u8]>) -> Option<DdSketch> {
     let mut merged: Option<DdSketch> = None;
     for bytes in states.iter().flatten() {
         let s = dd(bytes);
@@ -88,7 +100,18 @@ fn dd_merge_all(states: Array<'_, &[u8]>) -> Option<Vec<u8>> {
             None => merged = Some(s),
         }
     }
-    merged.map(|m| m.to_bytes())
+    merged
+}
+
+#[pg_extern(schema = "kpi", name = "_dd_merge_all", immutable, parallel_safe)]
+fn dd_merge_all(states: Array<'_, &[u8]>) -> Option<Vec<u8>> {
+    merged_dd(states).map(|m| m.to_bytes())
+}
+
+/// `_dd_quantile(_dd_merge_all(states), q)` without encoding and decoding the merge.
+#[pg_extern(schema = "kpi", name = "_dd_quantile_all", immutable, parallel_safe)]
+fn dd_quantile_all(states: Array<'_, &[u8]>, q: f64) -> Option<f64> {
+    merged_dd(states).and_then(|m| m.quantile(q))
 }
 
 #[pg_extern(schema = "kpi", name = "_dd_of", immutable, parallel_safe)]

@@ -186,6 +186,9 @@ impl Store {
             _ => return Err(SketchError::Corrupt("unknown DDSketch store flag")),
         };
         let len = reader.length(MAX_BUCKETS, "too many DDSketch buckets")?;
+        // The buckets first, then the counts array in one allocation: growing it bucket by
+        // bucket (resize, zero-fill, copy) was most of the cost of a read.
+        let mut buckets: Vec<(i32, i64)> = Vec::with_capacity(len);
         let mut store = Store {
             offset: 0,
             counts: Vec::new(),
@@ -207,15 +210,23 @@ impl Store {
             if floor.is_some_and(|f| index < f) {
                 return Err(SketchError::Corrupt("DDSketch bucket below the floor"));
             }
-            if previous.is_some() && index - store.offset >= MAX_SPAN {
+            let first = buckets.first().map_or(index, |&(i, _)| i);
+            if index - first >= MAX_SPAN {
                 return Err(SketchError::Corrupt("DDSketch buckets span too wide"));
             }
             let count = reader.zigzag()?;
             if count == 0 {
                 return Err(SketchError::Corrupt("DDSketch bucket with zero count"));
             }
-            store.add_in_range(index, count);
+            buckets.push((index, count));
             previous = Some(index);
+        }
+        if let (Some(&(first, _)), Some(&(last, _))) = (buckets.first(), buckets.last()) {
+            store.offset = first;
+            store.counts = vec![0; (last - first) as usize + 1];
+            for (index, count) in buckets {
+                store.counts[(index - first) as usize] = count;
+            }
         }
         Ok(store)
     }
