@@ -3,7 +3,14 @@
 PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
 PG_CONFIG="$PG_BIN/pg_config"
 
-log() { printf '\033[1m[%s]\033[0m %s\n' "${LOG_TAG:-pg_kpi}" "$*" >&2; }
+# Bold tag on a terminal, plain text in logs and result files.
+log() {
+    if [ -t 2 ]; then
+        printf '\033[1m[%s]\033[0m %s\n' "${LOG_TAG:-pg_kpi}" "$*" >&2
+    else
+        printf '[%s] %s\n' "${LOG_TAG:-pg_kpi}" "$*" >&2
+    fi
+}
 
 as_pg() {
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
