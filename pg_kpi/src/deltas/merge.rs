@@ -40,9 +40,15 @@ impl Merged {
         out
     }
 
-    /// Every merged entry, in no particular order.
+    /// Every merged entry, in no particular order. (Writers call this at every commit.)
     pub fn into_entries(self) -> Vec<(Group, Entry)> {
-        self.by_kpi().into_values().flatten().collect()
+        let mut out = Vec::with_capacity(self.groups.len());
+        for (group, entries) in self.groups {
+            for entry in entries {
+                out.push((group.clone(), entry));
+            }
+        }
+        out
     }
 }
 
