@@ -22,6 +22,9 @@ log "building the notifier"
 cargo build --release -p notifier >/dev/null
 
 cluster_stop "$DIR"
+# Throwaway: a fresh cluster every run, so a cluster left by an older pg_kpi build (whose
+# KPI tables may predate the current layout) never meets the new one.
+rm -rf "$DIR"
 cluster_start "$DIR" "$PORT" demo
 PIDS=()
 cleanup() {
