@@ -108,13 +108,15 @@ fn from_row(r: pgrx::spi::SpiHeapTupleData) -> KpiResult<Kpi> {
 
 impl Kpi {
     pub fn by_name(name: &str) -> KpiResult<Kpi> {
-        Spi::connect(|c| {
-            let mut t = c.select(&format!("{SELECT} WHERE d.name = $1"), None, &[name.into()])?;
-            match t.next() {
+        // Every read function runs this: keep its plan.
+        crate::prepared::select(
+            &format!("{SELECT} WHERE d.name = $1"),
+            &[name.into()],
+            |mut rows| match rows.next() {
                 Some(row) => from_row(row),
                 None => Err(KpiError::undefined_kpi(name)),
-            }
-        })
+            },
+        )
     }
 
     pub fn by_ids(ids: &[i32]) -> KpiResult<Vec<Kpi>> {

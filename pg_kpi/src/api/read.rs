@@ -6,6 +6,7 @@
 use crate::catalog::{quote_literal, Kpi};
 use crate::deltas::{self, Merged};
 use crate::errors::{KpiError, KpiResult, OrRaise};
+use crate::prepared;
 use crate::privileges::{as_extension_owner, check_can_read};
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
@@ -154,12 +155,7 @@ fn value(name: &str, measure: &str, window: Interval, dims: JsonB) -> Option<Any
         let (lo, hi) = window_bounds(&k, t, "now()", "$1");
         let q = Query::window(&k, t, lo, hi, &dims);
         let sql = format!("SELECT {} FROM {}", q.measure(i), q.from());
-        as_extension_owner(|| {
-            Ok(Spi::get_one_with_args::<AnyNumeric>(
-                &sql,
-                &[window.into()],
-            )?)
-        })
+        as_extension_owner(|| prepared::select_one::<AnyNumeric>(&sql, &[window.into()]))
     })()
     .or_raise()
 }
@@ -251,18 +247,17 @@ fn series(
             joins = if compare { "LEFT JOIN v1 ON v1._g = g.b LEFT JOIN v2 ON v2._g = g.b" } else { "" },
         );
         as_extension_owner(|| {
-            Spi::connect(|c| {
-                c.select(&sql, None, &[since.into(), until.into()])?
-                    .map(|r| {
-                        Ok((
-                            r.get::<TimestampWithTimeZone>(1)?
-                                .ok_or_else(|| KpiError::internal("null bucket"))?,
-                            r.get::<AnyNumeric>(2)?,
-                            r.get::<AnyNumeric>(3)?,
-                            r.get::<AnyNumeric>(4)?,
-                        ))
-                    })
-                    .collect::<KpiResult<Vec<_>>>()
+            prepared::select(&sql, &[since.into(), until.into()], |rows| {
+                rows.map(|r| {
+                    Ok((
+                        r.get::<TimestampWithTimeZone>(1)?
+                            .ok_or_else(|| KpiError::internal("null bucket"))?,
+                        r.get::<AnyNumeric>(2)?,
+                        r.get::<AnyNumeric>(3)?,
+                        r.get::<AnyNumeric>(4)?,
+                    ))
+                })
+                .collect::<KpiResult<Vec<_>>>()
             })
         })
     })()
@@ -301,9 +296,8 @@ fn top(
             from = q.from(),
         );
         as_extension_owner(|| {
-            Spi::connect(|c| {
-                c.select(&sql, None, &[window.into(), n.max(0).into()])?
-                    .map(|r| Ok((r.get::<String>(1)?, r.get::<AnyNumeric>(2)?)))
+            prepared::select(&sql, &[window.into(), n.max(0).into()], |rows| {
+                rows.map(|r| Ok((r.get::<String>(1)?, r.get::<AnyNumeric>(2)?)))
                     .collect::<KpiResult<Vec<_>>>()
             })
         })
@@ -356,12 +350,12 @@ fn snapshot(name: &str) -> JsonB {
         );
         let bucket = k.bucket.clone();
         as_extension_owner(|| {
-            let version = Spi::get_one_with_args::<i64>(
+            let version = prepared::select_one::<i64>(
                 "SELECT version FROM kpi.definitions WHERE id = $1",
                 &[k.id.into()],
             )?
             .unwrap_or(k.version);
-            Spi::get_one_with_args::<JsonB>(
+            prepared::select_one::<JsonB>(
                 &sql,
                 &[k.name.as_str().into(), version.into(), bucket.as_str().into(), k.dimensions.clone().into()],
             )?
