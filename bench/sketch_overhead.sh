@@ -37,7 +37,7 @@ scripts="$PGDIR/scripts"
 mkdir -p "$scripts"
 
 write_overhead() {
-    local t variant clients results
+    local t variant clients
     for t in orders_bare orders_kpi orders_sketch orders_naive; do
         create_orders_table "$t"
         write_insert_script "$t" "$scripts/$t.sql"
