@@ -352,7 +352,10 @@ impl Measure {
                 }
             }
             Kind::CountDistinct => {
-                let merged = format!("kpi._hll_count_all(array_agg(s._m{i}_hll))");
+                let merged = format!(
+                    "coalesce(CASE WHEN count(*) = 1 THEN min(s._m{i}_est) END, \
+                     kpi._hll_count_all(array_agg(s._m{i}_hll)))"
+                );
                 match rescan {
                     Some(sub) => format!(
                         "CASE WHEN bool_or(s._m{i}_dirty) THEN kpi._hll_count(({sub})) ELSE {merged} END"
@@ -361,10 +364,37 @@ impl Measure {
                 }
             }
             Kind::Percentile => format!(
-                "kpi._dd_quantile_all(array_agg(s._m{o}_dd), {q})",
+                "coalesce(CASE WHEN count(*) = 1 THEN min(s._m{i}_q) END, \
+                 kpi._dd_quantile_all(array_agg(s._m{o}_dd), {q}))",
                 o = self.shares.unwrap_or(i),
                 q = self.q.unwrap_or(0.5)
             ),
+        }
+    }
+
+    /// The finalized value of a sketch measure over one aggregate row, kept next to the
+    /// sketch as a generated column: `(column, type, expression)`. A series point that
+    /// is a single folded row (the usual case: step = bucket, nothing pending) reads it
+    /// instead of decoding the sketch, which was most of the cost of a 1,440-point series.
+    /// Being generated, it is right after every write of the sketch, whichever path
+    /// (fold, backfill, rebuild) made it.
+    pub fn cached_column(&self, i: usize) -> Option<(String, &'static str, String)> {
+        match self.kind {
+            Kind::CountDistinct => Some((
+                format!("_m{i}_est"),
+                "bigint",
+                format!("kpi._hll_count(_m{i}_hll)"),
+            )),
+            Kind::Percentile => Some((
+                format!("_m{i}_q"),
+                "double precision",
+                format!(
+                    "kpi._dd_quantile(_m{o}_dd, {q})",
+                    o = self.shares.unwrap_or(i),
+                    q = self.q.unwrap_or(0.5)
+                ),
+            )),
+            _ => None,
         }
     }
 

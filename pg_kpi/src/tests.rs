@@ -392,6 +392,68 @@ mod tests {
         );
     }
 
+    /// The finalized sketch values cached in generated columns (read for a group that
+    /// is one folded row) must equal merging the sketches (read for any other group):
+    /// after backfill, with deltas pending on folded buckets and on a bucket of their
+    /// own, and after the fold.
+    #[pg_test]
+    fn cached_sketch_values_equal_the_merge() {
+        Spi::run(
+            "CREATE TABLE hits (at timestamptz NOT NULL, user_id int, latency double precision);
+             INSERT INTO hits SELECT date_trunc('minute', now()) - (g % 600) * interval '1 second', g % 5000, 1 + (g * 7919 % 100000) / 100.0
+               FROM generate_series(1, 20000) g;
+             SELECT kpi.create(name => 'hits', source => 'hits', time_column => 'at', bucket => '1 minute',
+                measures => 'users = count_distinct(user_id), p50 = percentile(latency, 0.5),
+                             p95 = percentile(latency, 0.95)');",
+        )
+        .expect("setup");
+        let id = Spi::get_one::<i32>("SELECT id FROM kpi.definitions WHERE name = 'hits'")
+            .expect("id")
+            .expect("hits exists");
+        // Every step of the series against the merge of the state rows of its bucket.
+        let mismatches = |label: &str| {
+            let sql = format!(
+                "WITH merged AS (
+                   SELECT bucket, kpi._hll_count_all(array_agg(_m0_hll)) AS users,
+                          kpi._dd_quantile_all(array_agg(_m1_dd), 0.5) AS p50,
+                          kpi._dd_quantile_all(array_agg(_m1_dd), 0.95) AS p95
+                     FROM kpi._state_{id} GROUP BY bucket)
+                 SELECT count(*) FROM merged m
+                   JOIN kpi.series('hits', 'users', now() - interval '30 minutes') u ON u.bucket = m.bucket
+                   JOIN kpi.series('hits', 'p50', now() - interval '30 minutes') a ON a.bucket = m.bucket
+                   JOIN kpi.series('hits', 'p95', now() - interval '30 minutes') b ON b.bucket = m.bucket
+                  WHERE u.value IS DISTINCT FROM m.users
+                     OR a.value IS DISTINCT FROM m.p50::numeric
+                     OR b.value IS DISTINCT FROM m.p95::numeric"
+            );
+            let n = Spi::get_one::<i64>(&sql).expect("compare").unwrap_or(-1);
+            assert_eq!(
+                n, 0,
+                "{label}: series steps differing from the merged sketches"
+            );
+        };
+        let (missing, rows) = Spi::get_two::<i64, i64>(&format!(
+            "SELECT count(*) FILTER (WHERE _m0_est IS NULL OR _m2_q IS NULL), count(*) FROM kpi._agg_{id}"
+        ))
+        .expect("cached");
+        assert_eq!(
+            (missing, rows),
+            (Some(0), Some(11)),
+            "a cached value in each of the 11 folded buckets"
+        );
+        mismatches("backfill");
+        Spi::run(
+            "INSERT INTO hits SELECT date_trunc('minute', now()) - (g % 300) * interval '1 second', 5000 + g, 2000 + g
+               FROM generate_series(1, 500) g;
+             INSERT INTO hits SELECT date_trunc('minute', now()) - interval '20 minutes', g, g FROM generate_series(1, 50) g;
+             SELECT kpi._flush_for_tests();",
+        )
+        .expect("pending");
+        mismatches("pending");
+        Spi::run("SELECT kpi.fold()").expect("fold");
+        mismatches("folded");
+    }
+
     /// Reads without a dimension filter use the dimensionless tier (one row per bucket):
     /// it must agree with the source, with deltas pending and after the fold, including
     /// min/max after their extreme rows were deleted.

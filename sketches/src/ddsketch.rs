@@ -131,40 +131,39 @@ impl DdSketch {
     /// `percentile_disc(q)` returns over the same rows. `None` when the sketch holds no
     /// values (net count ≤ 0) or q is not in [0, 1].
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        if !(0.0..=1.0).contains(&q) {
-            return None;
-        }
         let n = self.positive.total() + self.negative.total() + i128::from(self.zero);
-        if n <= 0 {
-            return None;
+        quantile_walk(
+            n,
+            self.negative.buckets(),
+            self.zero,
+            self.positive.buckets(),
+            q,
+        )
+    }
+
+    /// [`DdSketch::quantile`] of an encoded sketch, read without building it: the same
+    /// checks as [`DdSketch::from_bytes`], but only the non-zero buckets are kept. A
+    /// `kpi.series` of a percentile finalizes one sketch per point, 1,440 for a day.
+    pub fn quantile_of_bytes(bytes: &[u8], q: f64) -> Result<Option<f64>, SketchError> {
+        let mut reader = Reader::new(bytes);
+        reader.header(SketchKind::DdSketch)?;
+        if reader.u8()? != MAPPING_LOG_ALPHA_0_005 {
+            return Err(SketchError::Corrupt("unknown DDSketch index mapping"));
         }
-        // 0-based rank of the ⌈q·n⌉-th value, computed in f64 as PostgreSQL does.
-        let rank = ((q * n as f64).ceil() as i128 - 1).clamp(0, n - 1);
-        // Walk the buckets in ascending order of value: most negative first, then zeros,
-        // then positives. Buckets are (sign, index); only the answer's value is computed
-        // (an `exp` each, which for hundreds of buckets cost more than the walk).
-        let negatives = self.negative.buckets().rev().map(|(i, c)| ((-1, i), c));
-        let zeros = std::iter::once(((0, 0), self.zero));
-        let positives = self.positive.buckets().map(|(i, c)| ((1, i), c));
-        let value = |(sign, index): (i8, i32)| match sign {
-            0 => 0.0,
-            s if s < 0 => -mapping::value(index),
-            _ => mapping::value(index),
-        };
-        let mut seen: i128 = 0;
-        let mut last = None;
-        for (bucket, count) in negatives.chain(zeros).chain(positives) {
-            if count == 0 {
-                continue;
-            }
-            seen += i128::from(count);
-            if seen > rank {
-                return Some(value(bucket));
-            }
-            last = Some(bucket);
-        }
-        // Only reachable with negative counts somewhere: answer the largest value present.
-        last.map(value)
+        let zero = reader.zigzag()?;
+        let (_, positive) = store::read_buckets(&mut reader)?;
+        let (_, negative) = store::read_buckets(&mut reader)?;
+        reader.finish()?;
+        let total =
+            |buckets: &[(i32, i64)]| buckets.iter().map(|&(_, c)| i128::from(c)).sum::<i128>();
+        let n = total(&positive) + total(&negative) + i128::from(zero);
+        Ok(quantile_walk(
+            n,
+            negative.iter().copied(),
+            zero,
+            positive.iter().copied(),
+            q,
+        ))
     }
 
     /// The canonical encoding: equal sketches give equal bytes.
@@ -196,6 +195,47 @@ impl DdSketch {
             zero,
         })
     }
+}
+
+/// The q-quantile of a sketch given as its net count `n`, its negative and positive
+/// non-zero buckets (ascending by index) and its zero count.
+fn quantile_walk(
+    n: i128,
+    negative: impl DoubleEndedIterator<Item = (i32, i64)>,
+    zero: i64,
+    positive: impl Iterator<Item = (i32, i64)>,
+    q: f64,
+) -> Option<f64> {
+    if !(0.0..=1.0).contains(&q) || n <= 0 {
+        return None;
+    }
+    // 0-based rank of the ⌈q·n⌉-th value, computed in f64 as PostgreSQL does.
+    let rank = ((q * n as f64).ceil() as i128 - 1).clamp(0, n - 1);
+    // Walk the buckets in ascending order of value: most negative first, then zeros,
+    // then positives. Buckets are (sign, index); only the answer's value is computed
+    // (an `exp` each, which for hundreds of buckets cost more than the walk).
+    let negatives = negative.rev().map(|(i, c)| ((-1, i), c));
+    let zeros = std::iter::once(((0, 0), zero));
+    let positives = positive.map(|(i, c)| ((1, i), c));
+    let value = |(sign, index): (i8, i32)| match sign {
+        0 => 0.0,
+        s if s < 0 => -mapping::value(index),
+        _ => mapping::value(index),
+    };
+    let mut seen: i128 = 0;
+    let mut last = None;
+    for (bucket, count) in negatives.chain(zeros).chain(positives) {
+        if count == 0 {
+            continue;
+        }
+        seen += i128::from(count);
+        if seen > rank {
+            return Some(value(bucket));
+        }
+        last = Some(bucket);
+    }
+    // Only reachable with negative counts somewhere: answer the largest value present.
+    last.map(value)
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ fn check_quantiles(name: &str, values: &mut [f64]) -> f64 {
     for q in QUANTILES {
         let exact = values[percentile_disc_rank(q, values.len())];
         let estimate = sketch.quantile(q).expect("non-empty sketch");
+        let from_bytes = DdSketch::quantile_of_bytes(&sketch.to_bytes(), q).expect("valid bytes");
+        assert_eq!(from_bytes, Some(estimate), "{name} q={q}: read from bytes");
         let error = relative_error(estimate, exact);
         // The guarantee is α = 0.5 %; allow only float rounding on top of it.
         assert!(
@@ -204,4 +206,35 @@ fn collapse_keeps_the_high_end_accurate_and_removals_balanced() {
     }
     assert!(emptied.is_empty());
     assert_eq!(emptied.count(), 0);
+}
+
+#[test]
+fn quantile_of_bytes_agrees_with_the_decoded_sketch_on_deltas_and_edges() {
+    let mut rng = rng(0x31);
+    let mut delta = DdSketch::new();
+    for _ in 0..500 {
+        let v: f64 = rng.random_range(-50.0..50.0);
+        if rng.random_bool(0.3) {
+            delta.remove(v).expect("finite");
+        } else {
+            delta.add(v).expect("finite");
+        }
+    }
+    delta.add(0.0).expect("finite");
+    let empty = DdSketch::new();
+    for sketch in [&delta, &empty] {
+        for q in [-0.1, 0.0, 0.3, 0.5, 0.99, 1.0, 1.5, f64::NAN] {
+            assert_eq!(
+                DdSketch::quantile_of_bytes(&sketch.to_bytes(), q).expect("valid bytes"),
+                sketch.quantile(q),
+                "q={q}"
+            );
+        }
+    }
+    let mut bytes = delta.to_bytes();
+    bytes.truncate(bytes.len() - 1);
+    assert!(DdSketch::quantile_of_bytes(&bytes, 0.5).is_err());
+    let mut bytes = delta.to_bytes();
+    bytes.push(0);
+    assert!(DdSketch::quantile_of_bytes(&bytes, 0.5).is_err());
 }

@@ -75,6 +75,12 @@ fn encodings() -> Vec<Vec<u8>> {
 fn decode(bytes: &[u8]) -> Result<(), SketchError> {
     let hll = Hll::from_bytes(bytes);
     let dd = DdSketch::from_bytes(bytes);
+    // The quantile read straight from bytes accepts exactly what the decoder accepts.
+    match (&dd, DdSketch::quantile_of_bytes(bytes, 0.5)) {
+        (Ok(dd), Ok(q)) => assert_eq!(q, dd.quantile(0.5), "quantile read from bytes"),
+        (Err(_), Err(_)) => {}
+        (dd, q) => panic!("decoder says {dd:?} but quantile_of_bytes says {q:?}"),
+    }
     if let Ok(hll) = &hll {
         assert_eq!(
             hll.to_bytes(),

@@ -373,8 +373,14 @@ pub fn create_kpi(
         )?
         .ok_or_else(|| KpiError::internal("INSERT … RETURNING id returned nothing"))?;
         let kpi = Kpi::by_name(name)?;
+        // Servers built without lz4 list only pglz here.
+        let lz4 = Spi::get_one::<bool>(
+            "SELECT 'lz4' = ANY (enumvals) FROM pg_catalog.pg_settings
+              WHERE name = 'default_toast_compression'",
+        )?
+        .unwrap_or(false);
         for t in 0..kpi.tiers.len() {
-            Spi::run(&ddl::create_agg_table(&kpi, t))?;
+            Spi::run(&ddl::create_agg_table(&kpi, t, lz4))?;
             Spi::run(&ddl::create_state_view(&kpi, t))?;
         }
         Spi::run(&ddl::create_view(&kpi))?;

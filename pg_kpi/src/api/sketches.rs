@@ -111,7 +111,16 @@ fn dd_merge_all(states: Array<'_, &[u8]>) -> Option<Vec<u8>> {
 /// `_dd_quantile(_dd_merge_all(states), q)` without encoding and decoding the merge.
 #[pg_extern(schema = "kpi", name = "_dd_quantile_all", immutable, parallel_safe)]
 fn dd_quantile_all(states: Array<'_, &[u8]>, q: f64) -> Option<f64> {
-    merged_dd(states).and_then(|m| m.quantile(q))
+    // One state (a series point at the tier's own step, with nothing pending) is read
+    // straight from its bytes, without building the sketch's dense bucket arrays.
+    let mut present = states.iter().flatten();
+    match (present.next(), present.next()) {
+        (None, _) => None,
+        (Some(only), None) => DdSketch::quantile_of_bytes(only, q)
+            .map_err(corrupt)
+            .or_raise(),
+        _ => merged_dd(states).and_then(|m| m.quantile(q)),
+    }
 }
 
 #[pg_extern(schema = "kpi", name = "_dd_of", immutable, parallel_safe)]

@@ -7,7 +7,9 @@
 
 use crate::deltas::{self, Entry, Group, Merged, State};
 use rust_decimal::Decimal;
-use std::collections::HashMap;
+// FxHash: the keys are the backend's own (KPI, bucket, dimension values), not an
+// attacker-chosen stream, and SipHash was the largest single cost of capturing a row.
+use rustc_hash::FxHashMap as HashMap;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct Key {

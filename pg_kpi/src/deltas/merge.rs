@@ -2,7 +2,8 @@
 //! fold however many transactions touched it, and a view reads one pending row per group.
 
 use super::{ByKpi, Entry, Group, State};
-use std::collections::HashMap;
+// FxHash, as in the capture accumulator: small trusted keys, merged once per delta.
+use rustc_hash::FxHashMap as HashMap;
 
 /// Entries merged by group. A group keeps a second entry only when merging would
 /// overflow a sum's exact range (28 digits); SQL then adds them as `numeric`.
@@ -30,7 +31,7 @@ impl Merged {
 
     /// The merged entries, grouped by KPI.
     pub fn by_kpi(self) -> ByKpi {
-        let mut out = ByKpi::new();
+        let mut out = ByKpi::default();
         for (group, entries) in self.groups {
             let list = out.entry(group.kpi).or_default();
             for entry in entries {

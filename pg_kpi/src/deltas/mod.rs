@@ -21,7 +21,7 @@ pub use merge::Merged;
 pub use wire::{decode, encode};
 
 /// Entries grouped by KPI id.
-pub type ByKpi = std::collections::HashMap<i32, Vec<(Group, Entry)>>;
+pub type ByKpi = rustc_hash::FxHashMap<i32, Vec<(Group, Entry)>>;
 
 /// The group an entry belongs to.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, Serialize, Deserialize)]

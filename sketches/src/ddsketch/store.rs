@@ -180,47 +180,14 @@ impl Store {
     }
 
     pub(super) fn read(reader: &mut Reader<'_>) -> Result<Self, SketchError> {
-        let floor = match reader.u8()? {
-            0 => None,
-            1 => Some(read_index(reader.zigzag()?)?),
-            _ => return Err(SketchError::Corrupt("unknown DDSketch store flag")),
-        };
-        let len = reader.length(MAX_BUCKETS, "too many DDSketch buckets")?;
+        let (floor, buckets) = read_buckets(reader)?;
         // The buckets first, then the counts array in one allocation: growing it bucket by
         // bucket (resize, zero-fill, copy) was most of the cost of a read.
-        let mut buckets: Vec<(i32, i64)> = Vec::with_capacity(len);
         let mut store = Store {
             offset: 0,
             counts: Vec::new(),
             floor,
         };
-        let mut previous: Option<i32> = None;
-        for _ in 0..len {
-            let index = match previous {
-                None => read_index(reader.zigzag()?)?,
-                Some(prev) => {
-                    let gap = reader.varint()?;
-                    // The span cap bounds the allocation below to MAX_BUCKETS counts.
-                    if gap == 0 || gap >= MAX_BUCKETS as u64 {
-                        return Err(SketchError::Corrupt("bad DDSketch bucket gap"));
-                    }
-                    read_index(i64::from(prev) + gap as i64)?
-                }
-            };
-            if floor.is_some_and(|f| index < f) {
-                return Err(SketchError::Corrupt("DDSketch bucket below the floor"));
-            }
-            let first = buckets.first().map_or(index, |&(i, _)| i);
-            if index - first >= MAX_SPAN {
-                return Err(SketchError::Corrupt("DDSketch buckets span too wide"));
-            }
-            let count = reader.zigzag()?;
-            if count == 0 {
-                return Err(SketchError::Corrupt("DDSketch bucket with zero count"));
-            }
-            buckets.push((index, count));
-            previous = Some(index);
-        }
         if let (Some(&(first, _)), Some(&(last, _))) = (buckets.first(), buckets.last()) {
             store.offset = first;
             store.counts = vec![0; (last - first) as usize + 1];
@@ -230,6 +197,50 @@ impl Store {
         }
         Ok(store)
     }
+}
+
+/// A store as encoded: its floor and its non-zero `(index, count)` buckets, ascending.
+pub(super) type EncodedStore = (Option<i32>, Vec<(i32, i64)>);
+
+/// Reads one encoded store as its floor and its non-zero buckets, ascending, checking
+/// everything [`Store::read`] relies on. Reading a quantile needs no more than this: the
+/// dense array of a store spanning 2,048 buckets with a few hundred in use is mostly zeros.
+pub(super) fn read_buckets(reader: &mut Reader<'_>) -> Result<EncodedStore, SketchError> {
+    let floor = match reader.u8()? {
+        0 => None,
+        1 => Some(read_index(reader.zigzag()?)?),
+        _ => return Err(SketchError::Corrupt("unknown DDSketch store flag")),
+    };
+    let len = reader.length(MAX_BUCKETS, "too many DDSketch buckets")?;
+    let mut buckets: Vec<(i32, i64)> = Vec::with_capacity(len);
+    let mut previous: Option<i32> = None;
+    for _ in 0..len {
+        let index = match previous {
+            None => read_index(reader.zigzag()?)?,
+            Some(prev) => {
+                let gap = reader.varint()?;
+                // The span cap bounds a dense store built from these to MAX_BUCKETS counts.
+                if gap == 0 || gap >= MAX_BUCKETS as u64 {
+                    return Err(SketchError::Corrupt("bad DDSketch bucket gap"));
+                }
+                read_index(i64::from(prev) + gap as i64)?
+            }
+        };
+        if floor.is_some_and(|f| index < f) {
+            return Err(SketchError::Corrupt("DDSketch bucket below the floor"));
+        }
+        let first = buckets.first().map_or(index, |&(i, _)| i);
+        if index - first >= MAX_SPAN {
+            return Err(SketchError::Corrupt("DDSketch buckets span too wide"));
+        }
+        let count = reader.zigzag()?;
+        if count == 0 {
+            return Err(SketchError::Corrupt("DDSketch bucket with zero count"));
+        }
+        buckets.push((index, count));
+        previous = Some(index);
+    }
+    Ok((floor, buckets))
 }
 
 fn read_index(raw: i64) -> Result<i32, SketchError> {
