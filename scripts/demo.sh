@@ -53,6 +53,8 @@ cat <<MSG
     SQL:                psql -h 127.0.0.1 -p $PORT -U postgres demo
       SELECT * FROM kpi.checkout ORDER BY bucket DESC LIMIT 10;
       SELECT kpi.value('checkout', 'revenue', '5 minutes');
+      SELECT kpi.value('checkout', 'buyers', '1 hour'), kpi.value('checkout', 'p95_latency', '1 hour');
+      SELECT * FROM kpi.series('checkout', 'p95_latency', now() - interval '1 hour', compare => true);
       SELECT * FROM kpi.top('checkout', 'revenue', 'region', '1 hour', 3);
       SELECT kpi.snapshot('checkout');
       LISTEN kpi_changes;
