@@ -441,6 +441,19 @@ mod tests {
             (Some(0), Some(11)),
             "a cached value in each of the 11 folded buckets"
         );
+        // Sketch columns use lz4 where the server has it (pglz burns CPU on dense HLLs).
+        let compression = Spi::get_two::<String, bool>(&format!(
+            "SELECT string_agg(attname || ':' || attcompression::text, ',' ORDER BY attname),
+                    (SELECT 'lz4' = ANY (enumvals) FROM pg_settings WHERE name = 'default_toast_compression')
+               FROM pg_attribute WHERE attrelid = 'kpi._agg_{id}'::regclass AND atttypid = 'bytea'::regtype"
+        ))
+        .expect("compression");
+        let expected = if compression.1 == Some(true) {
+            "_m0_hll:l,_m1_dd:l"
+        } else {
+            "_m0_hll:,_m1_dd:"
+        };
+        assert_eq!(compression.0.as_deref(), Some(expected));
         mismatches("backfill");
         Spi::run(
             "INSERT INTO hits SELECT date_trunc('minute', now()) - (g % 300) * interval '1 second', 5000 + g, 2000 + g
