@@ -111,8 +111,9 @@ fn dd_merge_all(states: Array<'_, &[u8]>) -> Option<Vec<u8>> {
 /// `_dd_quantile(_dd_merge_all(states), q)` without encoding and decoding the merge.
 #[pg_extern(schema = "kpi", name = "_dd_quantile_all", immutable, parallel_safe)]
 fn dd_quantile_all(states: Array<'_, &[u8]>, q: f64) -> Option<f64> {
-    // One state (a series point at the tier's own step, with nothing pending) is read
-    // straight from its bytes, without building the sketch's dense bucket arrays.
+    // A lone state (e.g. a bucket that so far has only pending deltas; folded rows have
+    // their quantile cached) is read straight from its bytes, without building the
+    // sketch's dense bucket arrays.
     let mut present = states.iter().flatten();
     match (present.next(), present.next()) {
         (None, _) => None,
