@@ -28,14 +28,16 @@ fn max_kept(mode: Mode) -> usize {
 }
 
 /// Whether a kept statement may modify the database (the fold's) or only reads.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy)]
 enum Mode {
-    Write,
-    Read,
+    Write = 0,
+    Read = 1,
 }
 
 thread_local! {
-    static KEPT: RefCell<HashMap<(Mode, String), Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+    /// Kept plans by SQL text, one map per mode (indexed by `Mode as usize`).
+    static KEPT: RefCell<[HashMap<String, Rc<OwnedPreparedStatement>>; 2]> =
+        RefCell::new([HashMap::new(), HashMap::new()]);
 }
 
 /// The kept plan of `sql` (whose parameters have types `args`), preparing it if needed.
@@ -45,8 +47,7 @@ fn statement(
     sql: &str,
     args: &[PgOid],
 ) -> KpiResult<Rc<OwnedPreparedStatement>> {
-    let key = (mode, sql.to_string());
-    if let Some(hit) = KEPT.with(|k| k.borrow().get(&key).cloned()) {
+    if let Some(hit) = KEPT.with(|k| k.borrow()[mode as usize].get(sql).cloned()) {
         return Ok(hit);
     }
     let prepared = match mode {
@@ -55,11 +56,11 @@ fn statement(
     };
     let kept = Rc::new(prepared.keep());
     KEPT.with(|k| {
-        let mut k = k.borrow_mut();
-        if k.keys().filter(|(m, _)| *m == mode).count() >= max_kept(mode) {
-            k.retain(|(m, _), _| *m != mode);
+        let kept_of_mode = &mut k.borrow_mut()[mode as usize];
+        if kept_of_mode.len() >= max_kept(mode) {
+            kept_of_mode.clear();
         }
-        k.insert(key, kept.clone());
+        kept_of_mode.insert(sql.to_string(), kept.clone());
     });
     Ok(kept)
 }

@@ -116,19 +116,16 @@ impl Accumulator {
     pub fn take_batch(&mut self, min_subxact: u32) -> Option<Vec<u8>> {
         let mut merged = Merged::default();
         let mut any = false;
-        self.entries.retain(|key, entry| {
-            if key.subxact < min_subxact {
-                return true;
-            }
+        // Taken by value, so the dimension values move into the batch uncloned.
+        for (key, entry) in self.entries.extract_if(|key, _| key.subxact >= min_subxact) {
             any = true;
             let group = Group {
                 kpi: key.kpi,
                 bucket_us: key.bucket_us,
-                dims: key.dims.clone(),
+                dims: key.dims,
             };
-            merged.add(group, std::mem::take(entry));
-            false
-        });
+            merged.add(group, entry);
+        }
         any.then(|| deltas::encode(&merged.into_entries()))
     }
 }

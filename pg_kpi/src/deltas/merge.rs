@@ -44,10 +44,13 @@ impl Merged {
     /// Every merged entry, in no particular order. (Writers call this at every commit.)
     pub fn into_entries(self) -> Vec<(Group, Entry)> {
         let mut out = Vec::with_capacity(self.groups.len());
-        for (group, entries) in self.groups {
+        for (group, mut entries) in self.groups {
+            // Nearly always one entry per group: the group moves, no clone.
+            let last = entries.pop();
             for entry in entries {
                 out.push((group.clone(), entry));
             }
+            out.extend(last.map(|entry| (group, entry)));
         }
         out
     }
