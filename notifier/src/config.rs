@@ -111,6 +111,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// KPIs one connection may subscribe to.
     pub max_subscriptions: usize,
+    /// Distinct dimension filters followed across all clients; each costs one
+    /// `kpi.snapshot` read whenever its KPI changes.
+    pub max_dim_filters: usize,
     /// Largest WebSocket message accepted from a client (bytes).
     pub max_message_bytes: usize,
     /// Sustained client messages per second per WebSocket connection.
@@ -217,6 +220,7 @@ impl Default for Limits {
         Limits {
             max_connections: 10_000,
             max_subscriptions: 100,
+            max_dim_filters: 1_000,
             max_message_bytes: 64 * 1024,
             messages_per_second: 20,
             burst: 40,
@@ -329,8 +333,12 @@ impl Config {
             return bad(format!("database_url: {e}"));
         }
         let l = &self.limits;
-        if l.max_connections == 0 || l.max_subscriptions == 0 || l.max_message_bytes < 64 {
-            return bad("limits: max_connections and max_subscriptions must be > 0, max_message_bytes >= 64".into());
+        if l.max_connections == 0
+            || l.max_subscriptions == 0
+            || l.max_dim_filters == 0
+            || l.max_message_bytes < 64
+        {
+            return bad("limits: max_connections, max_subscriptions and max_dim_filters must be > 0, max_message_bytes >= 64".into());
         }
         if l.messages_per_second == 0 || l.burst == 0 || l.send_timeout_ms == 0 {
             return bad(

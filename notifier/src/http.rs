@@ -147,6 +147,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let text = state.metrics.render(&Gauges {
         ready: state.status.borrow().ready,
         kpis: state.hub.len(),
+        dim_filters: state.hub.filter_count(),
     });
     (
         [(

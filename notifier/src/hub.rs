@@ -8,6 +8,11 @@
 //! Each published version is serialized once, into the exact frames sent to clients
 //! (`snapshot` and `update`); every client shares those bytes (`Utf8Bytes` is a
 //! reference-counted buffer).
+//!
+//! Besides one channel per KPI, the hub keeps one per dimension filter that clients
+//! follow (see `filter`). Those are created on demand and forgotten once nobody
+//! subscribes to them any more; the LISTEN task asks for the live ones of each KPI it
+//! re-reads.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,12 +23,18 @@ use axum::extract::ws::Utf8Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
+use crate::filter::DimFilter;
 use crate::protocol::ValueFrame;
 
 /// One published version of one KPI, ready to send.
 #[derive(Debug)]
 pub struct Snapshot {
     pub kpi: Arc<str>,
+    /// The dimension filter of a filtered topic; `None` for the whole KPI.
+    pub dims: Option<DimFilter>,
+    /// The KPI's dimension names (from the snapshot's `dimensions`), which filters are
+    /// checked against.
+    pub dimensions: Arc<[String]>,
     /// The KPI's version from `kpi.snapshot` (per KPI, strictly increasing).
     pub version: i64,
     /// `{"type":"snapshot","kpi":…,"version":…,"data":…}`
@@ -41,25 +52,64 @@ pub struct Snapshot {
     pub published_at: Instant,
 }
 
+/// The parts of a `kpi.snapshot` the notifier itself reads.
+#[derive(serde::Deserialize)]
+struct Head {
+    version: Option<i64>,
+    #[serde(default)]
+    dimensions: Vec<String>,
+}
+
 impl Snapshot {
-    /// Builds the frames for `data` (the `kpi.snapshot` jsonb as text).
+    /// Builds the frames of a whole KPI for `data` (the `kpi.snapshot` jsonb as text).
     pub fn new(
         kpi: &str,
         version: i64,
         data: &str,
         notified_at: Option<Instant>,
     ) -> Result<Snapshot, serde_json::Error> {
+        Snapshot::build(kpi, None, Some(version), data, notified_at)
+    }
+
+    /// Builds the frames of `kpi` filtered by `dims` (`None`: the whole KPI), with the
+    /// version the snapshot itself carries.
+    pub fn from_data(
+        kpi: &str,
+        dims: Option<DimFilter>,
+        data: &str,
+        notified_at: Option<Instant>,
+    ) -> Result<Snapshot, serde_json::Error> {
+        Snapshot::build(kpi, dims, None, data, notified_at)
+    }
+
+    fn build(
+        kpi: &str,
+        dims: Option<DimFilter>,
+        version: Option<i64>,
+        data: &str,
+        notified_at: Option<Instant>,
+    ) -> Result<Snapshot, serde_json::Error> {
         let raw: &RawValue = serde_json::from_str(data)?;
+        let head: Head = serde_json::from_str(data)?;
+        let version = version.or(head.version).unwrap_or(0);
+        // Canonical JSON text from `DimFilter`, so always valid.
+        let dims_raw: Option<&RawValue> = dims
+            .as_ref()
+            .map(|d| serde_json::from_str(d.as_str()))
+            .transpose()?;
         let frame = |kind| {
             serde_json::to_string(&ValueFrame {
                 kind,
                 kpi,
+                dims: dims_raw,
                 version,
                 data: raw,
             })
         };
         Ok(Snapshot {
             kpi: Arc::from(kpi),
+            dims: dims.clone(),
+            dimensions: head.dimensions.into(),
             version,
             snapshot_frame: frame("snapshot")?.into(),
             update_frame: frame("update")?.into(),
@@ -81,11 +131,36 @@ pub enum Published {
     Unchanged,
 }
 
-/// The per-KPI channels.
+/// What [`Hub::filtered_subscribe`] found.
+#[derive(Debug)]
+pub enum FilterSlot {
+    /// The filter has a channel: follow it.
+    Live(Receiver),
+    /// Nobody follows it yet: read its first value and [`Hub::filtered_install`] it.
+    /// It is registered already, so a change announced from now on re-reads it too.
+    Read,
+    /// `limits.max_dim_filters` distinct filters are followed already.
+    TooMany,
+}
+
+/// A filtered topic.
+enum Slot {
+    /// Its first value is being read (by a client's subscribe); holds the newest value
+    /// the LISTEN task published meanwhile.
+    Reading(Option<Arc<Snapshot>>),
+    Live(watch::Sender<Arc<Snapshot>>),
+}
+
+/// Filtered topics, by KPI and filter.
+type Filtered = HashMap<(String, DimFilter), Slot>;
+
+/// The per-KPI channels, and those of the dimension filters clients follow.
 #[derive(Default)]
 pub struct Hub {
-    // A std lock: it is held only for map lookups, never across an await.
+    // Std locks: they are held only for map operations, never across an await. When
+    // both are taken, `channels` comes first.
     channels: RwLock<HashMap<String, watch::Sender<Arc<Snapshot>>>>,
+    filtered: std::sync::Mutex<Filtered>,
     loaded: AtomicBool,
 }
 
@@ -124,18 +199,7 @@ impl Hub {
     /// the KPI was dropped and re-created).
     pub fn publish(&self, mut snap: Snapshot) -> Published {
         if let Some(tx) = self.read().get(&*snap.kpi) {
-            let mut snap = Some(snap);
-            let changed = tx.send_if_modified(|cur| {
-                if cur.version == snap.as_ref().map_or(cur.version, |s| s.version) {
-                    return false;
-                }
-                if let Some(mut s) = snap.take() {
-                    s.seq = cur.seq + 1;
-                    *cur = Arc::new(s);
-                }
-                true
-            });
-            return if changed {
+            return if publish_into(tx, snap) {
                 Published::Changed
             } else {
                 Published::Unchanged
@@ -163,7 +227,115 @@ impl Hub {
         for name in &gone {
             map.remove(name);
         }
+        self.filters().retain(|(kpi, _), _| keep.contains(kpi));
         gone
+    }
+
+    /// Finds or registers the channel of `kpi` filtered by `dims` (see [`FilterSlot`]).
+    pub fn filtered_subscribe(&self, kpi: &str, dims: &DimFilter, max: usize) -> FilterSlot {
+        let mut f = self.filters();
+        let key = (kpi.to_string(), dims.clone());
+        match f.get(&key) {
+            Some(Slot::Live(tx)) => return FilterSlot::Live(tx.subscribe()),
+            // Another client's first read is under way; reading again is harmless.
+            Some(Slot::Reading(_)) => return FilterSlot::Read,
+            None => {}
+        }
+        if f.len() >= max {
+            prune(&mut f);
+            if f.len() >= max {
+                return FilterSlot::TooMany;
+            }
+        }
+        f.insert(key, Slot::Reading(None));
+        FilterSlot::Read
+    }
+
+    /// Installs the first value of a filtered topic registered by `filtered_subscribe`
+    /// and returns a receiver. Of that value and any the LISTEN task published while it
+    /// was read, the higher version wins. `None` when the KPI has been dropped since.
+    pub fn filtered_install(&self, snap: Snapshot) -> Option<Receiver> {
+        let dims = snap.dims.clone()?;
+        let channels = self.read();
+        channels.get(&*snap.kpi)?;
+        let mut f = self.filters();
+        let slot = f
+            .entry((snap.kpi.to_string(), dims))
+            .or_insert(Slot::Reading(None));
+        let rx = match slot {
+            Slot::Live(tx) => {
+                if snap.version > tx.borrow().version {
+                    publish_into(tx, snap);
+                }
+                tx.subscribe()
+            }
+            Slot::Reading(newer) => {
+                let value = match newer.take() {
+                    Some(n) if n.version > snap.version => n,
+                    _ => Arc::new(snap),
+                };
+                let (tx, rx) = watch::channel(value);
+                *slot = Slot::Live(tx);
+                rx
+            }
+        };
+        Some(rx)
+    }
+
+    /// Forgets a filter whose first read failed or was abandoned, unless it has a
+    /// channel by now.
+    pub fn filtered_abandon(&self, kpi: &str, dims: &DimFilter) {
+        let mut f = self.filters();
+        let key = (kpi.to_string(), dims.clone());
+        if matches!(f.get(&key), Some(Slot::Reading(_))) {
+            f.remove(&key);
+        }
+    }
+
+    /// The filters followed for `kpis` (every KPI for `None`), after forgetting those
+    /// nobody subscribes to any more.
+    pub fn filters_of(&self, kpis: Option<&[String]>) -> Vec<(String, DimFilter)> {
+        let mut f = self.filters();
+        prune(&mut f);
+        f.keys()
+            .filter(|(kpi, _)| kpis.is_none_or(|names| names.contains(kpi)))
+            .cloned()
+            .collect()
+    }
+
+    /// Publishes a new value of a filtered topic (ignored if nobody follows it).
+    pub fn filtered_publish(&self, snap: Snapshot) -> Published {
+        let Some(dims) = snap.dims.clone() else {
+            return Published::Unchanged;
+        };
+        let mut f = self.filters();
+        match f.get_mut(&(snap.kpi.to_string(), dims)) {
+            None => Published::Unchanged,
+            Some(Slot::Reading(newer)) => {
+                // Kept for `filtered_install`, which compares it with its own read.
+                if newer.as_ref().is_none_or(|n| snap.version > n.version) {
+                    *newer = Some(Arc::new(snap));
+                }
+                Published::New
+            }
+            Some(Slot::Live(tx)) => {
+                if publish_into(tx, snap) {
+                    Published::Changed
+                } else {
+                    Published::Unchanged
+                }
+            }
+        }
+    }
+
+    /// Drops a filtered topic; its subscribers see their receiver close.
+    pub fn filtered_remove(&self, kpi: &str, dims: &DimFilter) {
+        self.filters().remove(&(kpi.to_string(), dims.clone()));
+    }
+
+    /// Filtered topics currently followed (or being read for the first time).
+    pub fn filter_count(&self) -> usize {
+        self.filters().len()
     }
 
     /// Whether the first full load from the database has completed.
@@ -173,6 +345,11 @@ impl Hub {
 
     pub fn mark_loaded(&self) {
         self.loaded.store(true, Ordering::Release);
+    }
+
+    fn filters(&self) -> std::sync::MutexGuard<'_, Filtered> {
+        // As for `channels`: every mutation is a single insert, remove or replace.
+        self.filtered.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn read(
@@ -188,6 +365,29 @@ impl Hub {
     ) -> std::sync::RwLockWriteGuard<'_, HashMap<String, watch::Sender<Arc<Snapshot>>>> {
         self.channels.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Replaces the channel's value unless it has the same version; whether it did.
+fn publish_into(tx: &watch::Sender<Arc<Snapshot>>, snap: Snapshot) -> bool {
+    let mut snap = Some(snap);
+    tx.send_if_modified(|cur| {
+        if cur.version == snap.as_ref().map_or(cur.version, |s| s.version) {
+            return false;
+        }
+        if let Some(mut s) = snap.take() {
+            s.seq = cur.seq + 1;
+            *cur = Arc::new(s);
+        }
+        true
+    })
+}
+
+/// Forgets filtered topics that have a channel but no subscriber left.
+fn prune(f: &mut Filtered) {
+    f.retain(|_, slot| match slot {
+        Slot::Reading(_) => true,
+        Slot::Live(tx) => tx.receiver_count() > 0,
+    });
 }
 
 #[cfg(test)]
@@ -243,6 +443,73 @@ mod tests {
         // A lower version (KPI re-created) replaces the value.
         assert_eq!(hub.publish(snap("a", 1)), Published::Changed);
         assert_eq!(hub.current("a").unwrap().version, 1);
+    }
+
+    fn filtered(kpi: &str, region: &str, version: i64) -> Snapshot {
+        let d = DimFilter::parse(Some(&serde_json::json!({ "region": region })))
+            .unwrap()
+            .unwrap();
+        Snapshot::from_data(kpi, Some(d), &format!(r#"{{"version": {version}}}"#), None).unwrap()
+    }
+
+    #[tokio::test]
+    async fn filters_register_before_their_first_read_and_are_pruned_when_unused() {
+        let hub = Hub::new();
+        hub.publish(snap("a", 1));
+        let eu = filtered("a", "eu", 1).dims.unwrap();
+        assert!(matches!(
+            hub.filtered_subscribe("a", &eu, 10),
+            FilterSlot::Read
+        ));
+        // Registered: the LISTEN task re-reads it from now on, even before it is installed.
+        assert_eq!(hub.filters_of(Some(&["a".to_string()])).len(), 1);
+        assert!(hub.filters_of(Some(&["b".to_string()])).is_empty());
+        // A newer value published during the first read wins over the read's own.
+        assert_eq!(hub.filtered_publish(filtered("a", "eu", 3)), Published::New);
+        let mut rx = hub.filtered_install(filtered("a", "eu", 2)).unwrap();
+        assert_eq!(rx.borrow().version, 3);
+        assert!(matches!(
+            hub.filtered_subscribe("a", &eu, 10),
+            FilterSlot::Live(_)
+        ));
+        assert_eq!(
+            hub.filtered_publish(filtered("a", "eu", 4)),
+            Published::Changed
+        );
+        rx.changed().await.unwrap();
+        assert_eq!(rx.borrow_and_update().version, 4);
+        // At the limit, unused filters are pruned to make room; used ones are not.
+        let us = filtered("a", "us", 1).dims.unwrap();
+        assert!(matches!(
+            hub.filtered_subscribe("a", &us, 1),
+            FilterSlot::TooMany
+        ));
+        drop(rx);
+        assert!(matches!(
+            hub.filtered_subscribe("a", &us, 1),
+            FilterSlot::Read
+        ));
+        assert_eq!(hub.filter_count(), 1);
+        // A failed first read leaves nothing behind.
+        hub.filtered_abandon("a", &us);
+        assert_eq!(hub.filter_count(), 0);
+        // A filter of a KPI the database dropped cannot be installed.
+        assert!(hub.filtered_install(filtered("gone", "eu", 1)).is_none());
+    }
+
+    #[tokio::test]
+    async fn dropping_a_kpi_closes_its_filters() {
+        let hub = Hub::new();
+        hub.publish(snap("a", 1));
+        let eu = filtered("a", "eu", 1).dims.unwrap();
+        assert!(matches!(
+            hub.filtered_subscribe("a", &eu, 10),
+            FilterSlot::Read
+        ));
+        let mut rx = hub.filtered_install(filtered("a", "eu", 1)).unwrap();
+        hub.retain(&HashSet::new());
+        assert!(rx.changed().await.is_err());
+        assert_eq!(hub.filter_count(), 0);
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@
 //! | [`config`] | the one configuration struct and its layers (defaults < file < env < flags) |
 //! | [`listen`] | the supervised LISTEN connection: reconnect, reload, coalesced snapshot reads, fold timer |
 //! | [`hub`] | per-KPI `watch` channels: latest-value fan-out, frames serialized once |
+//! | [`filter`] | dimension filters: subscriptions to a KPI restricted to some dimension values |
 //! | [`protocol`] | client and server messages, error codes, WebSocket close codes |
 //! | [`http`] | the router (`app`), shared state, Origin/CORS, connection limit, health |
 //! | [`ws`] | `GET /ws` sessions |
@@ -31,6 +32,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod filter;
 pub mod http;
 pub mod hub;
 pub mod listen;

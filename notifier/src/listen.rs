@@ -5,7 +5,8 @@
 //! either in the reload or announced by a NOTIFY that is already queued; only after the
 //! reload does it report ready. After that each NOTIFY names the changed KPIs; they are
 //! collected in a pending set (coalescing bursts, and everything that arrives while a read
-//! is in flight) and re-read in one batched `kpi.snapshot` query.
+//! is in flight) and re-read in one batched `kpi.snapshot` query, followed by one for the
+//! dimension filters clients follow on those KPIs (see `filter`).
 //!
 //! When the connection fails for any reason (terminated backend, database restart,
 //! network error, a failed query) the task logs it, reports not-ready on `/readyz`,
@@ -23,6 +24,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use crate::config::{valid_kpi_name, DatabaseConfig};
+use crate::filter::DimFilter;
 use crate::hub::{Hub, Published, Snapshot};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -33,6 +35,15 @@ pub const CHANNEL: &str = "kpi_changes";
 /// Every KPI's current snapshot (or only those named in `$1` when it is not NULL).
 const SNAPSHOT_SQL: &str = "SELECT l.name, l.version, kpi.snapshot(l.name)::text \
      FROM kpi.list() AS l WHERE $1::text[] IS NULL OR l.name = ANY($1::text[])";
+
+/// The snapshots of filtered topics (`$1` KPIs, `$2` filters, pairwise), by position in
+/// the arrays. NULL when the KPI is gone or no longer has every dimension the filter
+/// names, so one stale filter cannot fail the batch (and with it the connection).
+const FILTERED_SQL: &str = "SELECT t.i::int4, \
+     CASE WHEN l.name IS NULL THEN NULL ELSE kpi.snapshot(t.kpi, t.dims::jsonb)::text END \
+     FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS t(kpi, dims, i) \
+     LEFT JOIN kpi.list() AS l ON l.name = t.kpi \
+      AND ARRAY(SELECT jsonb_object_keys(t.dims::jsonb)) <@ l.dimensions";
 
 /// What `/readyz` reports.
 #[derive(Clone, Debug, Serialize)]
@@ -291,6 +302,8 @@ impl Listener {
             return Ok(());
         }
         let seen = self.read(client, Some(&names), first_notified).await?;
+        self.read_filtered(client, Some(names.as_slice()), first_notified)
+            .await?;
         // Announced but gone from kpi.list(): dropped since.
         let gone: Vec<&String> = names.iter().filter(|n| !seen.contains(*n)).collect();
         if !gone.is_empty() {
@@ -312,6 +325,7 @@ impl Listener {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let seen = self.read(client, None, None).await?;
         let gone = self.hub.retain(&seen);
+        self.read_filtered(client, None, None).await?;
         if !gone.is_empty() {
             tracing::info!(?gone, "KPIs dropped in the database");
         }
@@ -354,6 +368,50 @@ impl Listener {
             }
         }
         Ok(seen)
+    }
+
+    /// Re-reads the dimension filters followed on `kpis` (all for `None`) and publishes
+    /// them; drops those whose KPI or dimensions are gone.
+    async fn read_filtered(
+        &self,
+        client: &Client,
+        kpis: Option<&[String]>,
+        notified_at: Option<Instant>,
+    ) -> Result<(), String> {
+        let topics: Vec<(String, DimFilter)> = self.hub.filters_of(kpis);
+        if topics.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = topics.iter().map(|(k, _)| k.as_str()).collect();
+        let dims: Vec<&str> = topics.iter().map(|(_, d)| d.as_str()).collect();
+        let rows = client
+            .query(FILTERED_SQL, &[&names, &dims])
+            .await
+            .map_err(|e| format!("reading filtered kpi.snapshot: {e}"))?;
+        for row in rows {
+            let i: i32 = row.try_get(0).map_err(|e| e.to_string())?;
+            let data: Option<String> = row.try_get(1).map_err(|e| e.to_string())?;
+            let Some((kpi, filter)) = usize::try_from(i - 1).ok().and_then(|i| topics.get(i))
+            else {
+                continue;
+            };
+            let Some(data) = data else {
+                tracing::info!(%kpi, dims = filter.as_str(), "filter no longer matches the KPI; dropped");
+                self.hub.filtered_remove(kpi, filter);
+                continue;
+            };
+            match Snapshot::from_data(kpi, Some(filter.clone()), &data, notified_at) {
+                Ok(snap) => {
+                    if self.hub.filtered_publish(snap) != Published::Unchanged {
+                        self.metrics
+                            .snapshots_published
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                Err(e) => tracing::error!(%kpi, error = %e, "kpi.snapshot is not JSON"),
+            }
+        }
+        Ok(())
     }
 
     fn spawn_fold(&self, client: Arc<Client>) -> JoinHandle<()> {

@@ -91,6 +91,8 @@ pub struct Metrics {
     pub snapshots_published: AtomicU64,
     pub fold_runs: AtomicU64,
     pub fold_errors: AtomicU64,
+    /// First reads of a dimension filter's snapshot that failed.
+    pub filter_read_errors: AtomicU64,
     /// `{"type":"error"}` messages sent to WebSocket clients, by code.
     pub client_errors: CounterVec,
     /// WebSocket closes initiated by the server, by close code.
@@ -105,6 +107,8 @@ pub struct Metrics {
 pub struct Gauges {
     pub ready: bool,
     pub kpis: usize,
+    /// Dimension filters followed (see `filter`).
+    pub dim_filters: usize,
 }
 
 impl Metrics {
@@ -219,7 +223,7 @@ impl Metrics {
             &self.publish_to_send,
         );
 
-        let simple: [(&str, &str, &str, i64); 10] = [
+        let simple: [(&str, &str, &str, i64); 12] = [
             (
                 "listen_reconnects_total",
                 "counter",
@@ -243,6 +247,18 @@ impl Metrics {
                 "gauge",
                 "KPIs known to the notifier.",
                 g.kpis as i64,
+            ),
+            (
+                "dim_filters",
+                "gauge",
+                "Distinct dimension filters clients follow (each re-read when its KPI changes).",
+                g.dim_filters as i64,
+            ),
+            (
+                "filter_read_errors_total",
+                "counter",
+                "First reads of a dimension filter that failed (the subscribe was refused).",
+                self.filter_read_errors.load(Relaxed) as i64,
             ),
             (
                 "notifications_total",
@@ -364,6 +380,7 @@ mod tests {
         let text = m.render(&Gauges {
             ready: true,
             kpis: 2,
+            dim_filters: 0,
         });
         for line in [
             "kpi_notifier_connections{transport=\"ws\"} 1",

@@ -2,18 +2,22 @@
 //! sends, the error codes and the WebSocket close codes.
 //!
 //! Client → server (WebSocket text frames):
-//! `{"op":"subscribe","kpis":["checkout"],"since":{"checkout":41}}`,
-//! `{"op":"unsubscribe","kpis":["checkout"]}`, `{"op":"ping"}`.
+//! `{"op":"subscribe","kpis":["checkout"],"since":{"checkout":41}}` (optionally with
+//! `"dims":{"region":"eu"}`, a dimension filter), `{"op":"unsubscribe","kpis":["checkout"]}`
+//! (optionally with `"dims"`: only that filter), `{"op":"ping"}`.
 //!
-//! Server → client: `{"type":"snapshot","kpi":…,"version":…,"data":<kpi.snapshot>}`, then
-//! `{"type":"update",…}` of the same shape, `{"type":"error","code":…,"message":…}` (with
-//! `"kpi"` when the error concerns one) and `{"type":"pong"}`.
+//! Server → client: `{"type":"snapshot","kpi":…,"version":…,"data":<kpi.snapshot>}` (with
+//! `"dims"` after `"kpi"` for a filtered subscription), then `{"type":"update",…}` of the
+//! same shape, `{"type":"error","code":…,"message":…}` (with `"kpi"` when the error
+//! concerns one) and `{"type":"pong"}`.
 
 use std::collections::HashMap;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+
+use crate::filter::DimFilter;
 
 /// WebSocket close codes the server uses (documented in `docs/notifier.md`).
 pub mod close {
@@ -59,12 +63,19 @@ pub enum ErrorCode {
     /// Messages arrive faster than `limits.messages_per_second` (with `limits.burst`);
     /// the extra ones are dropped. Sent at most once per second.
     RateLimited,
-    /// The notifier has not loaded the KPIs from the database yet; retry shortly.
+    /// The notifier has not loaded the KPIs from the database yet, or could not read a
+    /// filtered KPI; retry shortly.
     NotReady,
+    /// A `dims` that is not an object of dimension → string, number, boolean or null.
+    BadDims,
+    /// A `dims` naming a dimension the KPI does not have.
+    UnknownDimension,
+    /// More distinct dimension filters than `limits.max_dim_filters`.
+    TooManyFilters,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadMessage,
         ErrorCode::UnknownOp,
         ErrorCode::UnknownKpi,
@@ -73,6 +84,9 @@ impl ErrorCode {
         ErrorCode::TooManySubscriptions,
         ErrorCode::RateLimited,
         ErrorCode::NotReady,
+        ErrorCode::BadDims,
+        ErrorCode::UnknownDimension,
+        ErrorCode::TooManyFilters,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +99,9 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::NotReady => "not_ready",
+            ErrorCode::BadDims => "bad_dims",
+            ErrorCode::UnknownDimension => "unknown_dimension",
+            ErrorCode::TooManyFilters => "too_many_filters",
         }
     }
 }
@@ -92,15 +109,27 @@ impl ErrorCode {
 /// A parsed client message.
 #[derive(Debug, PartialEq)]
 pub enum ClientMsg {
-    /// Subscribe to `kpis`; `since` holds the versions the client already has.
+    /// Subscribe to `kpis`, filtered by `dims` when given; `since` holds the versions the
+    /// client already has.
     Subscribe {
         kpis: Vec<String>,
         since: HashMap<String, i64>,
+        dims: Option<DimFilter>,
     },
     Unsubscribe {
         kpis: Vec<String>,
+        dims: Which,
     },
     Ping,
+}
+
+/// Which of a KPI's subscriptions an unsubscribe ends.
+#[derive(Debug, PartialEq)]
+pub enum Which {
+    /// No `dims` given: every subscription to the KPI, filtered or not.
+    All,
+    /// `dims` given: only the one with that filter (`{}`: the unfiltered one).
+    Only(Option<DimFilter>),
 }
 
 /// Why a client message was refused.
@@ -139,11 +168,17 @@ pub fn parse_client(text: &str) -> Result<ClientMsg, ParseError> {
         "subscribe" => {
             let kpis = kpi_list(obj.remove("kpis"))?;
             let since = parse_since(obj.remove("since"), &kpis)?;
-            Ok(ClientMsg::Subscribe { kpis, since })
+            let dims = parse_dims(obj.get("dims"))?;
+            Ok(ClientMsg::Subscribe { kpis, since, dims })
         }
-        "unsubscribe" => Ok(ClientMsg::Unsubscribe {
-            kpis: kpi_list(obj.remove("kpis"))?,
-        }),
+        "unsubscribe" => {
+            let kpis = kpi_list(obj.remove("kpis"))?;
+            let dims = match obj.get("dims") {
+                None => Which::All,
+                Some(d) => Which::Only(parse_dims(Some(d))?),
+            };
+            Ok(ClientMsg::Unsubscribe { kpis, dims })
+        }
         other => Err(refused(
             ErrorCode::UnknownOp,
             format!(
@@ -175,6 +210,10 @@ fn kpi_list(v: Option<Value>) -> Result<Vec<String>, ParseError> {
         }
     }
     Ok(out)
+}
+
+fn parse_dims(v: Option<&Value>) -> Result<Option<DimFilter>, ParseError> {
+    DimFilter::parse(v).map_err(|m| refused(ErrorCode::BadDims, m))
 }
 
 /// `since` is optional; when present it must map names from `kpis` to versions ≥ 0.
@@ -236,6 +275,8 @@ pub struct ValueFrame<'a> {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub kpi: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dims: Option<&'a RawValue>,
     pub version: i64,
     pub data: &'a RawValue,
 }
@@ -283,19 +324,45 @@ mod tests {
             Ok(ClientMsg::Subscribe {
                 kpis: vec!["a".into(), "b".into()],
                 since: HashMap::from([("a".to_string(), 41)]),
+                dims: None,
             })
         );
         assert_eq!(
             parse_client(r#"{"op":"subscribe","kpis":["a"],"since":null}"#),
             Ok(ClientMsg::Subscribe {
                 kpis: vec!["a".into()],
-                since: HashMap::new()
+                since: HashMap::new(),
+                dims: None,
             })
         );
         assert_eq!(
             parse_client(r#"{"op":"unsubscribe","kpis":["a"]}"#),
             Ok(ClientMsg::Unsubscribe {
-                kpis: vec!["a".into()]
+                kpis: vec!["a".into()],
+                dims: Which::All,
+            })
+        );
+        let eu = DimFilter::parse(Some(&serde_json::json!({"region": "eu"}))).unwrap();
+        assert_eq!(
+            parse_client(r#"{"op":"subscribe","kpis":["a"],"dims":{"region":"eu"}}"#),
+            Ok(ClientMsg::Subscribe {
+                kpis: vec!["a".into()],
+                since: HashMap::new(),
+                dims: eu.clone(),
+            })
+        );
+        assert_eq!(
+            parse_client(r#"{"op":"unsubscribe","kpis":["a"],"dims":{"region":"eu"}}"#),
+            Ok(ClientMsg::Unsubscribe {
+                kpis: vec!["a".into()],
+                dims: Which::Only(eu),
+            })
+        );
+        assert_eq!(
+            parse_client(r#"{"op":"unsubscribe","kpis":["a"],"dims":{}}"#),
+            Ok(ClientMsg::Unsubscribe {
+                kpis: vec!["a".into()],
+                dims: Which::Only(None),
             })
         );
     }
@@ -330,6 +397,12 @@ mod tests {
         ] {
             let msg = format!(r#"{{"op":"subscribe","kpis":["a"],"since":{since}}}"#);
             assert_eq!(code(parse_client(&msg)), ErrorCode::BadSince, "{since}");
+        }
+        for dims in [r#""eu""#, r#"["eu"]"#, r#"{"region":["eu"]}"#] {
+            for op in ["subscribe", "unsubscribe"] {
+                let msg = format!(r#"{{"op":"{op}","kpis":["a"],"dims":{dims}}}"#);
+                assert_eq!(code(parse_client(&msg)), ErrorCode::BadDims, "{op} {dims}");
+            }
         }
     }
 

@@ -1,4 +1,6 @@
 //! `GET /sse?kpi=a,b`: the WebSocket protocol's server messages as Server-Sent Events.
+//! `&dims={"region":"eu"}` (URL-encoded JSON) filters every KPI of the stream by those
+//! dimension values, like `dims` in a WebSocket subscribe.
 //!
 //! Each event is `id: <version>` + `data: <the same JSON object as on /ws>`. With one
 //! KPI the id is its version; with several it is `a:42,b:17`, the version of every KPI
@@ -25,6 +27,7 @@ use tokio_stream::StreamMap;
 
 use crate::config::valid_kpi_name;
 use crate::error::ApiError;
+use crate::filter::{self, DimFilter, Refusal, Topic};
 use crate::http::{AppState, ConnectionGuard};
 use crate::hub::Snapshot;
 use crate::metrics::Transport;
@@ -33,6 +36,8 @@ use crate::protocol::{self, ErrorCode};
 #[derive(Debug, Deserialize)]
 pub struct SseQuery {
     kpi: Option<String>,
+    /// A dimension filter as JSON, applied to every KPI of the stream.
+    dims: Option<String>,
     token: Option<String>,
     /// For clients that cannot set the `Last-Event-ID` header.
     last_event_id: Option<String>,
@@ -84,15 +89,23 @@ pub async fn handler(
         None => HashMap::new(),
     };
 
+    let dims = parse_dims(q.dims.as_deref())?;
+
     let mut subs: StreamMap<String, Sub> = StreamMap::new();
     let mut known = HashMap::new();
     let mut initial = Vec::new();
     for name in &names {
         state.authorize(&principal, name)?;
-        let rx = valid_kpi_name(name)
-            .then(|| state.hub.subscribe(name))
-            .flatten()
-            .ok_or_else(|| ApiError::UnknownKpi(protocol::truncate(name, 64).into()))?;
+        if !valid_kpi_name(name) {
+            return Err(ApiError::UnknownKpi(protocol::truncate(name, 64).into()));
+        }
+        let topic = Topic {
+            kpi: name.clone(),
+            dims: dims.clone(),
+        };
+        let rx = filter::subscribe(&state, &topic)
+            .await
+            .map_err(|r| refused(r, name))?;
         let current = rx.borrow().clone();
         let since = resume.get(name).copied();
         let send = since.is_none_or(|s| current.version > s);
@@ -165,6 +178,27 @@ pub async fn handler(
         Body::from_stream(body),
     )
         .into_response())
+}
+
+/// The `dims` parameter: a JSON object, or nothing.
+fn parse_dims(text: Option<&str>) -> Result<Option<DimFilter>, ApiError> {
+    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        ApiError::bad_request("bad_dims", format!("dims must be a JSON object: {e}"))
+    })?;
+    DimFilter::parse(Some(&value)).map_err(|m| ApiError::bad_request("bad_dims", m))
+}
+
+/// A refused subscription as an HTTP error.
+fn refused(r: Refusal, name: &str) -> ApiError {
+    match r.code {
+        ErrorCode::UnknownKpi => ApiError::UnknownKpi(protocol::truncate(name, 64).into()),
+        ErrorCode::NotReady => ApiError::NotReady(r.message),
+        ErrorCode::TooManyFilters => ApiError::bad_request("too_many_filters", r.message),
+        other => ApiError::bad_request(other.as_str(), r.message),
+    }
 }
 
 /// `42` (one KPI) or `a:42,b:17`.

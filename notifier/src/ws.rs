@@ -27,10 +27,11 @@ use tokio_stream::StreamMap;
 use crate::auth::Principal;
 use crate::config::valid_kpi_name;
 use crate::error::ApiError;
+use crate::filter::{self, DimFilter, Topic};
 use crate::http::{AppState, ConnectionGuard};
 use crate::hub::Snapshot;
 use crate::metrics::Transport;
-use crate::protocol::{self, close, parse_client, ClientMsg, ErrorCode, ParseError};
+use crate::protocol::{self, close, parse_client, ClientMsg, ErrorCode, ParseError, Which};
 
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
@@ -89,7 +90,7 @@ enum End {
 
 type Sub = BoxStream<'static, Option<Arc<Snapshot>>>;
 
-/// What the session knows about one subscribed KPI.
+/// What the session knows about one subscription (a KPI, or a KPI filtered by dimensions).
 struct SubState {
     /// Versions at or below this are not sent (what the client has, or said it has).
     floor: i64,
@@ -124,8 +125,8 @@ impl Bucket {
 pub struct Session {
     state: AppState,
     principal: Principal,
-    subs: StreamMap<String, Sub>,
-    known: HashMap<String, SubState>,
+    subs: StreamMap<Topic, Sub>,
+    known: HashMap<Topic, SubState>,
     bucket: Bucket,
     /// Messages dropped by the rate limit in the current one-second window, and when
     /// that window started.
@@ -183,8 +184,8 @@ impl Session {
                 biased;
                 _ = &mut shutdown => break End::Close(close::GOING_AWAY, "server shutting down".into()),
                 _ = &mut expiry => break End::Close(close::UNAUTHORIZED, "token expired".into()),
-                Some((kpi, item)) = self.subs.next() => {
-                    if let Err(end) = self.on_value(&kpi, item, &mut sink).await {
+                Some((topic, item)) = self.subs.next() => {
+                    if let Err(end) = self.on_value(&topic, item, &mut sink).await {
                         break end;
                     }
                 }
@@ -270,14 +271,28 @@ impl Session {
                 self.error(sink, code, &message, None).await
             }
             Ok(ClientMsg::Ping) => self.send(sink, Message::Text(protocol::PONG.into())).await,
-            Ok(ClientMsg::Unsubscribe { kpis }) => {
-                for kpi in kpis {
-                    self.subs.remove(&kpi);
-                    self.known.remove(&kpi);
+            Ok(ClientMsg::Unsubscribe { kpis, dims }) => {
+                let ended: Vec<Topic> = self
+                    .known
+                    .keys()
+                    .filter(|t| {
+                        kpis.contains(&t.kpi)
+                            && match &dims {
+                                Which::All => true,
+                                Which::Only(d) => &t.dims == d,
+                            }
+                    })
+                    .cloned()
+                    .collect();
+                for topic in ended {
+                    self.subs.remove(&topic);
+                    self.known.remove(&topic);
                 }
                 Ok(())
             }
-            Ok(ClientMsg::Subscribe { kpis, since }) => self.subscribe(sink, kpis, since).await,
+            Ok(ClientMsg::Subscribe { kpis, since, dims }) => {
+                self.subscribe(sink, kpis, since, dims).await
+            }
         }
     }
 
@@ -286,6 +301,7 @@ impl Session {
         sink: &mut S,
         kpis: Vec<String>,
         since: HashMap<String, i64>,
+        dims: Option<DimFilter>,
     ) -> Result<(), End>
     where
         S: Sink<Message> + Unpin,
@@ -306,28 +322,37 @@ impl Session {
                     .await?;
                 continue;
             }
-            let rx = match valid_kpi_name(&kpi).then(|| hub.subscribe(&kpi)).flatten() {
-                Some(rx) => rx,
-                None => {
-                    let msg = format!("unknown KPI {shown:?}");
-                    self.error(sink, ErrorCode::UnknownKpi, &msg, Some(&shown))
-                        .await?;
-                    continue;
-                }
+            if !valid_kpi_name(&kpi) || hub.current(&kpi).is_none() {
+                let msg = format!("unknown KPI {shown:?}");
+                self.error(sink, ErrorCode::UnknownKpi, &msg, Some(&shown))
+                    .await?;
+                continue;
+            }
+            let topic = Topic {
+                kpi: kpi.clone(),
+                dims: dims.clone(),
             };
-            if !self.known.contains_key(&kpi) && self.known.len() >= max {
+            if !self.known.contains_key(&topic) && self.known.len() >= max {
                 let msg = format!("at most {max} subscriptions per connection");
                 self.error(sink, ErrorCode::TooManySubscriptions, &msg, Some(&shown))
                     .await?;
                 continue;
             }
+            let rx = match filter::subscribe(&self.state, &topic).await {
+                Ok(rx) => rx,
+                Err(refusal) => {
+                    self.error(sink, refusal.code, &refusal.message, Some(&shown))
+                        .await?;
+                    continue;
+                }
+            };
             let current = rx.borrow().clone();
             let since = since.get(&kpi).copied();
             // A client that already has this version (or a newer one, from a replica
             // that is ahead) gets nothing until the KPI changes.
             let send = since.is_none_or(|s| current.version > s);
             self.known.insert(
-                kpi.clone(),
+                topic.clone(),
                 SubState {
                     floor: if send {
                         current.version
@@ -342,7 +367,7 @@ impl Session {
                 .map(Some)
                 .chain(futures::stream::once(async { None }))
                 .boxed();
-            self.subs.insert(kpi, stream);
+            self.subs.insert(topic, stream);
             if send {
                 self.send(sink, Message::Text(current.snapshot_frame.clone()))
                     .await?;
@@ -351,10 +376,10 @@ impl Session {
         Ok(())
     }
 
-    /// A new value (or the end) of a subscribed KPI.
+    /// A new value (or the end) of a subscription.
     async fn on_value<S>(
         &mut self,
-        kpi: &str,
+        topic: &Topic,
         item: Option<Arc<Snapshot>>,
         sink: &mut S,
     ) -> Result<(), End>
@@ -363,14 +388,19 @@ impl Session {
         S::Error: Display,
     {
         let Some(snap) = item else {
-            // The hub dropped the KPI (dropped in the database).
-            self.known.remove(kpi);
-            let msg = format!("KPI {kpi:?} was dropped");
+            // The hub dropped the KPI (dropped in the database), or the filter (its
+            // dimension is gone).
+            self.known.remove(topic);
+            let kpi = topic.kpi.as_str();
+            let msg = match &topic.dims {
+                None => format!("KPI {kpi:?} was dropped"),
+                Some(d) => format!("KPI {kpi:?} filtered by {} is gone", d.as_str()),
+            };
             return self
                 .error(sink, ErrorCode::UnknownKpi, &msg, Some(kpi))
                 .await;
         };
-        let Some(sub) = self.known.get_mut(kpi) else {
+        let Some(sub) = self.known.get_mut(topic) else {
             return Ok(());
         };
         let metrics = &self.state.metrics;

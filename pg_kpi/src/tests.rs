@@ -154,6 +154,61 @@ mod tests {
     }
 
     #[pg_test]
+    fn snapshot_with_dims_reads_only_those_rows() {
+        setup();
+        create_checkout();
+        // Pending deltas too: the filtered snapshot must merge them like the others.
+        Spi::run(
+            "INSERT INTO orders (created_at, region, channel, status, amount, quantity)
+             VALUES (now(), 'eu', 'web', 'paid', 7, 3), (now(), 'us', 'app', 'paid', 9, 1)",
+        )
+        .expect("insert");
+        Spi::run("SELECT kpi._flush_for_tests()").expect("flush");
+        let s = Spi::get_one::<pgrx::JsonB>(
+            r#"SELECT kpi.snapshot('checkout', '{"region": "eu", "channel": "web"}')"#,
+        )
+        .expect("snapshot")
+        .expect("not null")
+        .0;
+        assert_eq!(
+            s["dims"],
+            serde_json::json!({"region": "eu", "channel": "web"})
+        );
+        let (window, orders) = Spi::get_two::<pgrx::AnyNumeric, pgrx::AnyNumeric>(
+            r#"SELECT kpi.value('checkout', 'revenue', '1 hour', '{"region": "eu", "channel": "web"}'),
+                      kpi.value('checkout', 'orders', '1 hour', '{"region": "eu", "channel": "web"}')"#,
+        )
+        .expect("values");
+        let num = |v: &serde_json::Value| v.to_string();
+        assert_eq!(
+            num(&s["measures"]["revenue"]["window"]),
+            window.expect("w").to_string()
+        );
+        assert_eq!(
+            num(&s["measures"]["orders"]["window"]),
+            orders.expect("o").to_string()
+        );
+        let all = Spi::get_one::<pgrx::JsonB>("SELECT kpi.snapshot('checkout')")
+            .expect("snapshot")
+            .expect("not null")
+            .0;
+        assert_eq!(all["dims"], serde_json::json!({}));
+        assert_ne!(
+            all["measures"]["orders"]["window"], s["measures"]["orders"]["window"],
+            "the filter must restrict the rows read"
+        );
+        for (dims, code) in [
+            (r#"'{"nope": "x"}'"#, "UNDEFINED_COLUMN"),
+            (r#"'["eu"]'"#, "INVALID_PARAMETER_VALUE"),
+        ] {
+            let err = try_sql(&format!("SELECT kpi.snapshot('checkout', {dims})"))
+                .expect_err("bad dims must fail");
+            assert!(err.0.contains(code), "{dims}: {err:?}");
+            assert!(err.2.is_some(), "{dims}: a hint is expected");
+        }
+    }
+
+    #[pg_test]
     fn fold_merges_pending_deltas_exactly() {
         setup();
         create_checkout();

@@ -20,10 +20,33 @@ struct Harness {
 }
 
 fn publish(state: &AppState, kpi: &str, version: i64) {
-    let data = json!({"kpi": kpi, "version": version, "measures": {"n": {"today": version}}});
+    let data = json!({"kpi": kpi, "version": version, "dimensions": ["region"],
+                      "measures": {"n": {"today": version}}});
     state
         .hub
         .publish(Snapshot::new(kpi, version, &data.to_string(), None).unwrap());
+}
+
+fn dims(v: Value) -> crate::filter::DimFilter {
+    crate::filter::DimFilter::parse(Some(&v)).unwrap().unwrap()
+}
+
+/// Publishes a filtered value as the LISTEN task would, creating the topic if needed
+/// (as a subscribe that read it first would).
+fn publish_filtered(state: &AppState, kpi: &str, filter: &Value, version: i64) {
+    let d = dims(filter.clone());
+    let data = json!({"kpi": kpi, "version": version, "dims": filter,
+                      "measures": {"n": {"today": version * 10}}});
+    let snap = Snapshot::from_data(kpi, Some(d.clone()), &data.to_string(), None).unwrap();
+    if state.hub.filtered_publish(snap) == crate::hub::Published::Unchanged {
+        let snap = Snapshot::from_data(kpi, Some(d.clone()), &data.to_string(), None).unwrap();
+        assert!(matches!(
+            state.hub.filtered_subscribe(kpi, &d, 100),
+            crate::hub::FilterSlot::Read | crate::hub::FilterSlot::Live(_)
+        ));
+        // Kept alive for the test: a topic without receivers is pruned.
+        std::mem::forget(state.hub.filtered_install(snap).unwrap());
+    }
 }
 
 fn harness_with(config: Config, scope: Scope, out_buffer: usize) -> Harness {
@@ -312,4 +335,81 @@ async fn oversized_and_broken_reads_map_to_close_codes() {
         read_error("Connection reset without closing handshake", 1),
         End::Gone
     ));
+}
+
+#[tokio::test]
+async fn dimension_filters_are_topics_of_their_own() {
+    let mut h = harness();
+    let eu = json!({"region": "eu"});
+    publish_filtered(&h.state, "a", &eu, 1);
+    h.send(json!({"op":"subscribe","kpis":["a"],"dims":{"region":"eu"}}))
+        .await;
+    let v = h.json().await;
+    assert_eq!(
+        (v["type"].as_str(), v["kpi"].as_str(), v["version"].as_i64()),
+        (Some("snapshot"), Some("a"), Some(1))
+    );
+    assert_eq!(
+        v["dims"], eu,
+        "frames of a filtered topic carry their filter"
+    );
+    assert_eq!(v["data"]["measures"]["n"]["today"], 10);
+    // The unfiltered KPI is another subscription on the same connection.
+    h.send(json!({"op":"subscribe","kpis":["a"]})).await;
+    let v = h.json().await;
+    assert!(v.get("dims").is_none(), "{v}");
+    assert_eq!(v["data"]["measures"]["n"]["today"], 1);
+    publish_filtered(&h.state, "a", &eu, 2);
+    let v = h.json().await;
+    assert_eq!(
+        (v["type"].as_str(), v["dims"].clone(), v["version"].as_i64()),
+        (Some("update"), eu.clone(), Some(2))
+    );
+    // Unsubscribing the filter leaves the unfiltered subscription.
+    h.send(json!({"op":"unsubscribe","kpis":["a"],"dims":{"region":"eu"}}))
+        .await;
+    h.send(json!({"op":"ping"})).await;
+    assert_eq!(h.json().await["type"], "pong");
+    publish_filtered(&h.state, "a", &eu, 3);
+    publish(&h.state, "a", 3);
+    let v = h.json().await;
+    assert!(v.get("dims").is_none() && v["version"] == 3, "{v}");
+    h.silent_for(150).await;
+}
+
+#[tokio::test]
+async fn bad_and_unknown_dimensions_are_refused() {
+    let mut h = harness();
+    h.send(json!({"op":"subscribe","kpis":["a"],"dims":["eu"]}))
+        .await;
+    assert_eq!(h.json().await["code"], "bad_dims");
+    h.send(json!({"op":"subscribe","kpis":["a"],"dims":{"nope":"x"}}))
+        .await;
+    let v = h.json().await;
+    assert_eq!(
+        (v["code"].as_str(), v["kpi"].as_str()),
+        (Some("unknown_dimension"), Some("a"))
+    );
+    assert!(v["message"].as_str().unwrap().contains("region"), "{v}");
+    h.send(json!({"op":"subscribe","kpis":["nope"],"dims":{"region":"eu"}}))
+        .await;
+    assert_eq!(h.json().await["code"], "unknown_kpi");
+    // Still serving.
+    h.send(json!({"op":"ping"})).await;
+    assert_eq!(h.json().await["type"], "pong");
+}
+
+#[tokio::test]
+async fn the_number_of_distinct_filters_is_bounded() {
+    let mut config = Config::default();
+    config.limits.max_dim_filters = 1;
+    let mut h = harness_with(config, Scope::All, 64);
+    publish_filtered(&h.state, "a", &json!({"region": "eu"}), 1);
+    h.send(json!({"op":"subscribe","kpis":["a"],"dims":{"region":"us"}}))
+        .await;
+    assert_eq!(h.json().await["code"], "too_many_filters");
+    // The filter that exists can still be followed.
+    h.send(json!({"op":"subscribe","kpis":["a"],"dims":{"region":"eu"}}))
+        .await;
+    assert_eq!(h.json().await["type"], "snapshot");
 }

@@ -64,6 +64,14 @@ fn dims_filter(k: &Kpi, dims: &serde_json::Value) -> KpiResult<(String, String)>
     Ok((on_state, on_source))
 }
 
+/// `dims` as the snapshot reports it: `{}` for no filter (SQL NULL or JSON null too).
+fn canonical_dims(dims: &serde_json::Value) -> serde_json::Value {
+    match dims {
+        serde_json::Value::Object(_) => dims.clone(),
+        _ => serde_json::Value::Object(Default::default()),
+    }
+}
+
 const USECS_PER_DAY: i64 = 86_400_000_000;
 
 /// The tier to read for `span_us` back from now at `step_us`: without a dimension
@@ -306,11 +314,13 @@ fn top(
     TableIterator::new(rows)
 }
 
-/// Everything a dashboard card needs, in one jsonb (see docs/sql-contract.md).
+/// Everything a dashboard card needs, in one jsonb (see docs/sql-contract.md), over the
+/// rows whose dimensions equal `dims` (all rows for `{}`).
 #[pg_extern(schema = "kpi", name = "_snapshot", stable, parallel_safe)]
-fn snapshot(name: &str) -> JsonB {
+fn snapshot(name: &str, dims: JsonB) -> JsonB {
     (|| -> KpiResult<JsonB> {
         let k = readable(name)?;
+        let filter = dims_filter(&k, &dims.0)?;
         let hour = "interval '1 hour'";
         // (label, how far back the range reaches, end of the range, its length)
         let ranges = [
@@ -319,13 +329,12 @@ fn snapshot(name: &str) -> JsonB {
             ("window_day_ago", USECS_PER_DAY * 25 / 24, "now() - interval '1 day'", hour),
             ("window_week_ago", USECS_PER_DAY * 7 + USECS_PER_DAY / 24, "now() - interval '7 days'", hour),
         ];
-        let none = (String::new(), String::new());
         let mut froms = Vec::new();
         let mut per_measure: Vec<Vec<String>> = vec![Vec::new(); k.measures.len()];
         for (j, (label, reach, end, len)) in ranges.iter().enumerate() {
-            let t = read_tier(&k, *reach, None, &none);
+            let t = read_tier(&k, *reach, None, &filter);
             let (lo, hi) = window_bounds(&k, t, end, len);
-            let q = Query::window(&k, t, lo, hi, &none);
+            let q = Query::window(&k, t, lo, hi, &filter);
             let cols: Vec<String> = (0..k.measures.len())
                 .map(|i| format!("{} AS m{i}", q.measure(i)))
                 .collect();
@@ -343,7 +352,7 @@ fn snapshot(name: &str) -> JsonB {
         let sql = format!(
             "SELECT jsonb_build_object('kpi', $1::text, 'version', $2::bigint, 'as_of', now(),
                     'bucket', $3::interval, 'window', interval '1 hour', 'dimensions', to_jsonb($4::text[]),
-                    'measures', jsonb_build_object({measures}))
+                    'dims', $5::jsonb, 'measures', jsonb_build_object({measures}))
                FROM {froms}",
             measures = measures.join(", "),
             froms = froms.join(", "),
@@ -357,7 +366,13 @@ fn snapshot(name: &str) -> JsonB {
             .unwrap_or(k.version);
             prepared::select_one::<JsonB>(
                 &sql,
-                &[k.name.as_str().into(), version.into(), bucket.as_str().into(), k.dimensions.clone().into()],
+                &[
+                    k.name.as_str().into(),
+                    version.into(),
+                    bucket.as_str().into(),
+                    k.dimensions.clone().into(),
+                    JsonB(canonical_dims(&dims.0)).into(),
+                ],
             )?
             .ok_or_else(|| KpiError::internal("snapshot query returned nothing"))
         })

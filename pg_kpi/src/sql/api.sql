@@ -89,8 +89,10 @@ RETURNS TABLE (dimension_value text, value numeric) LANGUAGE sql STABLE SET jit 
 $$;
 COMMENT ON FUNCTION kpi.top(text, text, text, interval, integer) IS 'The n largest values of a measure by one dimension over the last "window".';
 
-CREATE FUNCTION kpi.snapshot(name text) RETURNS jsonb LANGUAGE sql STABLE SET jit = off AS $$ SELECT kpi._snapshot(name) $$;
-COMMENT ON FUNCTION kpi.snapshot(text) IS 'Everything a dashboard card needs: per measure today, the last hour, and that hour a day and a week ago, with the KPI version.';
+CREATE FUNCTION kpi.snapshot(name text, dims jsonb DEFAULT '{}') RETURNS jsonb LANGUAGE sql STABLE SET jit = off AS $$
+    SELECT kpi._snapshot(name, coalesce(dims, '{}'))
+$$;
+COMMENT ON FUNCTION kpi.snapshot(text, jsonb) IS 'Everything a dashboard card needs: per measure today, the last hour, and that hour a day and a week ago, with the KPI version; over the rows whose dimensions equal dims (all rows for {}).';
 
 -- The planner's default guess for a set-returning function (1000 rows) would make every
 -- read of a KPI view look expensive enough to JIT-compile; pending deltas are few.
