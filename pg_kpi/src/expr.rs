@@ -5,8 +5,9 @@
 //! swallows the rest — is rejected), analysed against the source table alone, checked
 //! for subqueries, aggregates, window functions and set-returning functions, coerced to
 //! the type the measure needs, and then *deparsed* by Postgres. Only that normalized
-//! text is stored and used in generated SQL; the capture trigger compiles it into an
-//! executor `ExprState` once per backend and table.
+//! text is stored and used in generated SQL; the capture trigger compiles it, with the
+//! table's other KPI expressions, into one executor projection per backend and table
+//! (`capture::projection`).
 
 use crate::errors::{KpiError, KpiResult};
 use pgrx::pg_sys;
@@ -313,104 +314,5 @@ pub fn type_name(type_oid: pg_sys::Oid) -> String {
     unsafe {
         let name = pg_sys::format_type_be(type_oid);
         CStr::from_ptr(name).to_string_lossy().into_owned()
-    }
-}
-
-/// Executor state for evaluating compiled expressions against trigger tuples. Lives in
-/// its own memory context under TopMemoryContext (it outlives transactions) and is
-/// freed on drop, when the owning cache entry is invalidated.
-pub struct Evaluator {
-    estate: *mut pg_sys::EState,
-    econtext: *mut pg_sys::ExprContext,
-}
-
-/// A compiled expression, with its output function for dimension values.
-pub struct Compiled {
-    state: *mut pg_sys::ExprState,
-    pub type_oid: pg_sys::Oid,
-    output: *mut pg_sys::FmgrInfo,
-}
-
-impl Evaluator {
-    pub fn new() -> Evaluator {
-        unsafe {
-            let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
-            let estate = pg_sys::CreateExecutorState();
-            pg_sys::MemoryContextSwitchTo(old);
-            let econtext = pg_sys::CreateExprContext(estate);
-            Evaluator { estate, econtext }
-        }
-    }
-
-    /// Analyses `text` against `relid` and compiles it for evaluation.
-    pub fn compile(
-        &self,
-        relid: pg_sys::Oid,
-        text: &str,
-        want: Want,
-        what: &str,
-    ) -> KpiResult<Compiled> {
-        unsafe {
-            let old = pg_sys::MemoryContextSwitchTo((*self.estate).es_query_cxt);
-            let result = analyze(relid, text, want, what).map(|a| {
-                let state = pg_sys::ExecPrepareExpr(a.node as *mut pg_sys::Expr, self.estate);
-                let output = pg_sys::palloc0(std::mem::size_of::<pg_sys::FmgrInfo>())
-                    as *mut pg_sys::FmgrInfo;
-                let mut func = pg_sys::InvalidOid;
-                let mut is_varlena = false;
-                pg_sys::getTypeOutputInfo(a.type_oid, &mut func, &mut is_varlena);
-                pg_sys::fmgr_info_cxt(func, output, (*self.estate).es_query_cxt);
-                Compiled {
-                    state,
-                    type_oid: a.type_oid,
-                    output,
-                }
-            });
-            pg_sys::MemoryContextSwitchTo(old);
-            result
-        }
-    }
-
-    /// Points evaluation at `slot` and switches into per-row memory. Call `end_row`
-    /// once the row's values have been copied out.
-    ///
-    /// # Safety
-    /// `slot` must be a valid tuple slot of the relation the expressions were compiled for.
-    pub unsafe fn begin_row(&self, slot: *mut pg_sys::TupleTableSlot) -> pg_sys::MemoryContext {
-        unsafe {
-            (*self.econtext).ecxt_scantuple = slot;
-            pg_sys::MemoryContextSwitchTo((*self.econtext).ecxt_per_tuple_memory)
-        }
-    }
-
-    /// # Safety
-    /// `old` must be the context returned by the matching `begin_row`.
-    pub unsafe fn end_row(&self, old: pg_sys::MemoryContext) {
-        unsafe {
-            pg_sys::MemoryContextSwitchTo(old);
-            pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
-        }
-    }
-
-    /// Evaluates `expr` against the current row; `None` for SQL NULL.
-    pub fn eval(&self, expr: &Compiled) -> Option<pg_sys::Datum> {
-        let mut is_null = false;
-        let datum =
-            unsafe { pg_sys::ExecEvalExprSwitchContext(expr.state, self.econtext, &mut is_null) };
-        (!is_null).then_some(datum)
-    }
-
-    /// The text form of a value of `expr`'s type (per-row memory).
-    pub fn output(&self, expr: &Compiled, datum: pg_sys::Datum) -> String {
-        unsafe {
-            let s = pg_sys::OutputFunctionCall(expr.output, datum);
-            CStr::from_ptr(s).to_string_lossy().into_owned()
-        }
-    }
-}
-
-impl Drop for Evaluator {
-    fn drop(&mut self) {
-        unsafe { pg_sys::FreeExecutorState(self.estate) }
     }
 }

@@ -114,19 +114,31 @@ impl Accumulator {
     /// Removes and encodes the entries of subtransactions ≥ `min_subxact` (those that
     /// belong to the current subtransaction or committed into it) as one delta batch.
     pub fn take_batch(&mut self, min_subxact: u32) -> Option<Vec<u8>> {
-        let mut merged = Merged::default();
-        let mut any = false;
+        let mut taken = Vec::with_capacity(self.entries.len());
+        let mut first_subxact = None;
+        let mut one_subxact = true;
         // Taken by value, so the dimension values move into the batch uncloned.
         for (key, entry) in self.entries.extract_if(|key, _| key.subxact >= min_subxact) {
-            any = true;
+            one_subxact &= *first_subxact.get_or_insert(key.subxact) == key.subxact;
             let group = Group {
                 kpi: key.kpi,
                 bucket_us: key.bucket_us,
                 dims: key.dims,
             };
-            merged.add(group, entry);
+            taken.push((group, entry));
         }
-        any.then(|| deltas::encode(&merged.into_entries()))
+        if taken.is_empty() {
+            return None;
+        }
+        // Keys differ by group or subtransaction, so entries of a single subtransaction
+        // (a transaction without savepoints: nearly every one) have distinct groups
+        // already and need no merging.
+        if one_subxact {
+            return Some(deltas::encode(&taken));
+        }
+        let mut merged = Merged::default();
+        merged.extend(taken);
+        Some(deltas::encode(&merged.into_entries()))
     }
 }
 
@@ -205,5 +217,29 @@ mod tests {
         // Flushing inside subxact 2 must not take the outer transaction's entry.
         assert!(acc.take_batch(2).is_none());
         assert!(acc.take_batch(1).is_some());
+    }
+
+    #[test]
+    fn a_group_touched_in_several_subxacts_is_written_once() {
+        let mut acc = Accumulator::default();
+        acc.apply(key(1), &template(), 1, &row(2)).expect("apply");
+        acc.apply(key(2), &template(), 1, &row(3)).expect("apply");
+        let batch = deltas::decode(&acc.take_batch(1).expect("batch")).expect("decodes");
+        assert_eq!(batch.len(), 1, "merged across subtransactions");
+        assert_eq!(batch[0].1.rows, 2);
+        assert_eq!(
+            batch[0].1.states[1],
+            State::Sum {
+                sum: Decimal::from(5),
+                nn: 2
+            }
+        );
+        // One subtransaction, two groups: written as they are.
+        let mut other = key(1);
+        other.bucket_us += 60_000_000;
+        acc.apply(key(1), &template(), 1, &row(2)).expect("apply");
+        acc.apply(other, &template(), 1, &row(3)).expect("apply");
+        let batch = deltas::decode(&acc.take_batch(1).expect("batch")).expect("decodes");
+        assert_eq!(batch.len(), 2);
     }
 }

@@ -5,9 +5,10 @@
 //! relcache invalidations: `kpi.create`/`kpi.drop` invalidate the source (and its
 //! partitions), and any DDL on them does too.
 
+use super::projection::{Projection, Value};
 use crate::deltas::State;
 use crate::errors::{KpiError, KpiResult};
-use crate::expr::{Compiled, Evaluator, Want};
+use crate::expr::Want;
 use crate::measures::{Kind, Measure};
 use crate::privileges::as_extension_owner;
 use pgrx::prelude::*;
@@ -16,21 +17,22 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
+/// A KPI's expressions as positions in its table's projection.
 pub struct CompiledKpi {
     pub id: i32,
-    pub time: Compiled,
+    pub time: Value,
     pub bucket_us: i64,
-    pub dims: Vec<Compiled>,
-    pub filter: Option<Compiled>,
-    pub measures: Vec<(Kind, Option<Compiled>)>,
+    pub dims: Vec<Value>,
+    pub filter: Option<Value>,
+    pub measures: Vec<(Kind, Option<Value>)>,
     /// A zeroed state per measure, the starting point of a new accumulator entry.
     pub template: Vec<State>,
 }
 
 pub struct TableKpis {
-    // Declared before `evaluator`: the compiled expressions live in its memory.
+    // Declared before `projection`: the compiled expressions live in its memory.
     pub kpis: Vec<CompiledKpi>,
-    pub evaluator: Evaluator,
+    pub projection: Projection,
 }
 
 thread_local! {
@@ -117,26 +119,27 @@ fn load(relid: pg_sys::Oid) -> KpiResult<(TableKpis, Vec<pg_sys::Oid>)> {
             Ok((rows, ancestors))
         })
     })?;
-    let evaluator = Evaluator::new();
+    let mut projection = Projection::new();
     let mut kpis = Vec::with_capacity(rows.len());
     for row in rows {
         let measures: Vec<Measure> = serde_json::from_str(&row.measures)
             .map_err(|e| KpiError::internal(format!("corrupt measures of KPI {}: {e}", row.id)))?;
-        let time = evaluator.compile(
+        let time = projection.add(
             relid,
             &quote_identifier(&row.time_column),
             Want::Time,
             "time column",
+            None,
         )?;
         let dims = row
             .dimensions
             .iter()
-            .map(|d| evaluator.compile(relid, &quote_identifier(d), Want::Any, "dimension"))
+            .map(|d| projection.add(relid, &quote_identifier(d), Want::Any, "dimension", None))
             .collect::<KpiResult<Vec<_>>>()?;
         let filter = row
             .filter
             .as_deref()
-            .map(|f| evaluator.compile(relid, f, Want::Boolean, "filter"))
+            .map(|f| projection.add(relid, f, Want::Boolean, "filter", None))
             .transpose()?;
         let mut compiled = Vec::new();
         let mut template = Vec::new();
@@ -147,7 +150,7 @@ fn load(relid: pg_sys::Oid) -> KpiResult<(TableKpis, Vec<pg_sys::Oid>)> {
                 None => m
                     .expr
                     .as_deref()
-                    .map(|e| evaluator.compile(relid, e, m.kind.want(), "measure"))
+                    .map(|e| projection.add(relid, e, m.kind.want(), "measure", filter.as_ref()))
                     .transpose()?,
             };
             template.push(match m.kind {
@@ -181,7 +184,8 @@ fn load(relid: pg_sys::Oid) -> KpiResult<(TableKpis, Vec<pg_sys::Oid>)> {
             template,
         });
     }
+    projection.finish();
     let mut watched = ancestors;
     watched.push(relid);
-    Ok((TableKpis { kpis, evaluator }, watched))
+    Ok((TableKpis { kpis, projection }, watched))
 }

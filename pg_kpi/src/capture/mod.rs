@@ -9,13 +9,14 @@
 mod accumulator;
 mod cache;
 mod numeric;
+mod projection;
 
 use crate::errors::{KpiError, OrRaise};
-use crate::expr::Evaluator;
 use crate::gucs;
 use crate::measures::Kind;
 use accumulator::{Accumulator, Contribution, Key};
 use pgrx::prelude::*;
+use projection::Row;
 use rust_decimal::Decimal;
 use std::cell::{Cell, RefCell};
 use std::str::FromStr;
@@ -105,91 +106,96 @@ fn to_decimal(text: &str) -> Result<Decimal, KpiError> {
 
 /// Evaluates every KPI of the table against one row and accumulates its deltas.
 unsafe fn capture_row(table: &cache::TableKpis, slot: *mut pg_sys::TupleTableSlot, sign: i64) {
-    let ev: &Evaluator = &table.evaluator;
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    // One projection computes every value of every KPI; the row's memory is freed when
+    // `row` is dropped, after the values have been copied into the accumulator.
+    let row = unsafe { table.projection.row(slot) };
+    let mut values = Vec::new();
     for kpi in &table.kpis {
-        let old = unsafe { ev.begin_row(slot) };
-        let result = (|| -> Result<Option<(Key, Vec<Contribution>)>, KpiError> {
-            if let Some(filter) = &kpi.filter {
-                match ev.eval(filter) {
-                    Some(d) if d.value() != 0 => {}
-                    _ => return Ok(None),
-                }
-            }
-            let Some(t) = ev.eval(&kpi.time) else {
-                return Ok(None);
-            };
-            let Some(bucket_us) = bucket_of(t, kpi.time.type_oid, kpi.bucket_us) else {
-                return Ok(None);
-            };
-            let dims = kpi
-                .dims
-                .iter()
-                .map(|d| ev.eval(d).map(|v| ev.output(d, v)))
-                .collect();
-            let mut values = Vec::with_capacity(kpi.measures.len());
-            for (kind, expr) in &kpi.measures {
-                let value = ev.eval_opt(expr.as_ref());
-                values.push(match kind {
-                    Kind::CountStar => Contribution::Rows,
-                    Kind::Count => Contribution::Present(value.is_some()),
-                    Kind::Percentile if expr.is_none() => Contribution::None,
-                    Kind::Percentile => {
-                        Contribution::Float(value.map(|d| f64::from_bits(d.value() as u64)))
-                    }
-                    Kind::CountDistinct => Contribution::Text(match (value, expr) {
-                        (Some(v), Some(e)) => Some(ev.output(e, v)),
-                        _ => None,
-                    }),
-                    _ => match (value, expr) {
-                        (Some(v), Some(e)) => {
-                            // SAFETY: a non-null value of a numeric-typed expression.
-                            let fast = (e.type_oid == pg_sys::NUMERICOID)
-                                .then(|| unsafe { numeric::to_decimal(v) })
-                                .flatten();
-                            Contribution::Number(Some(match fast {
-                                Some(d) => d,
-                                None => to_decimal(&ev.output(e, v))?,
-                            }))
-                        }
-                        _ => Contribution::Number(None),
-                    },
-                });
-            }
-            Ok(Some((
-                Key {
+        match contributions(kpi, &row, &mut values) {
+            Ok(Some((bucket_us, dims))) => {
+                let key = Key {
                     kpi: kpi.id,
                     bucket_us,
                     dims,
                     subxact,
-                },
-                values,
-            )))
-        })();
-        unsafe { ev.end_row(old) };
-        match result {
-            Ok(Some((key, values))) => ACC.with(|a| {
-                a.borrow_mut()
-                    .apply(key, &kpi.template, sign, &values)
-                    .map_err(|m| {
-                        KpiError::new(
-                            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
-                            m,
-                            "Split the statement into smaller ones.",
-                        )
-                    })
-                    .or_raise()
-            }),
+                };
+                ACC.with(|a| {
+                    a.borrow_mut()
+                        .apply(key, &kpi.template, sign, &values)
+                        .map_err(|m| {
+                            KpiError::new(
+                                PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+                                m,
+                                "Split the statement into smaller ones.",
+                            )
+                        })
+                        .or_raise()
+                })
+            }
             Ok(None) => {}
             Err(e) => e.raise(),
         }
     }
 }
 
-impl Evaluator {
-    fn eval_opt(&self, expr: Option<&crate::expr::Compiled>) -> Option<pg_sys::Datum> {
-        expr.and_then(|e| self.eval(e))
+/// The bucket (µs since 2000-01-01 UTC) and dimension values a row lands in.
+type Place = (i64, Vec<Option<String>>);
+
+/// What one row contributes to one KPI: where it lands, with the measures'
+/// contributions in `values`; `None` when the KPI does not count the row.
+fn contributions(
+    kpi: &cache::CompiledKpi,
+    row: &Row<'_>,
+    values: &mut Vec<Contribution>,
+) -> Result<Option<Place>, KpiError> {
+    if let Some(filter) = &kpi.filter {
+        match row.get(filter) {
+            Some(d) if d.value() != 0 => {}
+            _ => return Ok(None),
+        }
     }
+    let Some(t) = row.get(&kpi.time) else {
+        return Ok(None);
+    };
+    let Some(bucket_us) = bucket_of(t, kpi.time.type_oid, kpi.bucket_us) else {
+        return Ok(None);
+    };
+    let dims = kpi
+        .dims
+        .iter()
+        .map(|d| row.get(d).map(|v| row.text(d, v)))
+        .collect();
+    values.clear();
+    for (kind, expr) in &kpi.measures {
+        let value = expr.as_ref().and_then(|e| row.get(e));
+        values.push(match kind {
+            Kind::CountStar => Contribution::Rows,
+            Kind::Count => Contribution::Present(value.is_some()),
+            Kind::Percentile if expr.is_none() => Contribution::None,
+            Kind::Percentile => {
+                Contribution::Float(value.map(|d| f64::from_bits(d.value() as u64)))
+            }
+            Kind::CountDistinct => Contribution::Text(match (value, expr) {
+                (Some(v), Some(e)) => Some(row.text(e, v)),
+                _ => None,
+            }),
+            _ => match (value, expr) {
+                (Some(v), Some(e)) => {
+                    // SAFETY: a non-null value of a numeric-typed expression.
+                    let fast = (e.type_oid == pg_sys::NUMERICOID)
+                        .then(|| unsafe { numeric::to_decimal(v) })
+                        .flatten();
+                    Contribution::Number(Some(match fast {
+                        Some(d) => d,
+                        None => to_decimal(&row.text(e, v))?,
+                    }))
+                }
+                _ => Contribution::Number(None),
+            },
+        });
+    }
+    Ok(Some((bucket_us, dims)))
 }
 
 /// Writes the deltas of subtransactions ≥ `min_subxact` as one row of `kpi.deltas`.

@@ -12,7 +12,10 @@ const FORMAT: u8 = 1;
 
 /// Encodes one batch.
 pub fn encode(entries: &[(Group, Entry)]) -> Vec<u8> {
-    let out = vec![FORMAT];
+    // Room for a typical entry (ids, bucket, two short dimension values, a few
+    // decimal states) up front: growing the buffer byte by byte was a fifth of the cost.
+    let mut out = Vec::with_capacity(16 + 96 * entries.len());
+    out.push(FORMAT);
     // Writing into a Vec cannot fail, and every type here serializes.
     match postcard::to_extend(entries, out) {
         Ok(v) => v,
