@@ -154,6 +154,42 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_filter_guards_its_measures_in_the_shared_projection() {
+        setup();
+        create_checkout();
+        // Same table, so one projection computes both KPIs' values. `amount / quantity`
+        // would divide by zero on the rows this KPI's filter leaves out: it must not be
+        // evaluated for them (the other KPI, unfiltered, never divides).
+        Spi::run(
+            "SELECT kpi.create(name => 'per_unit', source => 'orders', time_column => 'created_at',
+                measures => 'unit = sum(amount / quantity), n = count(*), total = sum(amount)',
+                filter => 'quantity > 0', bucket => '1 hour');
+             SELECT kpi.create(name => 'all_rows', source => 'orders', time_column => 'created_at',
+                measures => 'n = count(*), total = sum(amount)', bucket => '1 hour')",
+        )
+        .expect("create");
+        Spi::run(
+            "INSERT INTO orders (created_at, region, channel, status, amount, quantity)
+             VALUES (now(), 'eu', 'web', 'paid', 5, 0), (now(), 'eu', 'web', 'paid', 9, 3),
+                    (now(), 'us', 'app', 'cancelled', 4, 2)",
+        )
+        .expect("a row the filter excludes must not make the INSERT fail");
+        Spi::run("SELECT kpi._flush_for_tests()").expect("flush");
+        assert_view_matches_source();
+        let same = Spi::get_one::<bool>(
+            "SELECT (SELECT sum(unit) FROM kpi.per_unit)
+                  = (SELECT sum(amount / quantity) FROM orders WHERE quantity > 0)",
+        )
+        .expect("per_unit");
+        assert_eq!(same, Some(true), "per_unit sums exactly the admitted rows");
+        let counts = Spi::get_two::<i64, i64>(
+            "SELECT (SELECT sum(n) FROM kpi.all_rows)::bigint, (SELECT count(*) FROM orders)",
+        )
+        .expect("all_rows");
+        assert_eq!(counts.0, counts.1, "the unfiltered KPI counts every row");
+    }
+
+    #[pg_test]
     fn snapshot_with_dims_reads_only_those_rows() {
         setup();
         create_checkout();
@@ -174,20 +210,19 @@ mod tests {
             s["dims"],
             serde_json::json!({"region": "eu", "channel": "web"})
         );
-        let (window, orders) = Spi::get_two::<pgrx::AnyNumeric, pgrx::AnyNumeric>(
-            r#"SELECT kpi.value('checkout', 'revenue', '1 hour', '{"region": "eu", "channel": "web"}'),
-                      kpi.value('checkout', 'orders', '1 hour', '{"region": "eu", "channel": "web"}')"#,
-        )
-        .expect("values");
-        let num = |v: &serde_json::Value| v.to_string();
-        assert_eq!(
-            num(&s["measures"]["revenue"]["window"]),
-            window.expect("w").to_string()
-        );
-        assert_eq!(
-            num(&s["measures"]["orders"]["window"]),
-            orders.expect("o").to_string()
-        );
+        for m in ["revenue", "orders", "lo"] {
+            let same = Spi::get_one::<bool>(&format!(
+                r#"WITH d AS (SELECT '{{"region": "eu", "channel": "web"}}'::jsonb AS dims)
+                   SELECT (kpi.snapshot('checkout', dims)->'measures'->'{m}'->>'window')::numeric
+                        = kpi.value('checkout', '{m}', '1 hour', dims) FROM d"#
+            ))
+            .expect("compare");
+            assert_eq!(
+                same,
+                Some(true),
+                "{m}: the snapshot's window equals kpi.value with dims"
+            );
+        }
         let all = Spi::get_one::<pgrx::JsonB>("SELECT kpi.snapshot('checkout')")
             .expect("snapshot")
             .expect("not null")
