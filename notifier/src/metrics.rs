@@ -1,6 +1,7 @@
 //! Prometheus metrics, rendered by hand in the text exposition format.
 //!
-//! Counters on the hot path (messages sent, skipped updates, latency) are atomics;
+//! Counters on the hot path (messages sent, skipped updates, latency) are atomics, and
+//! the ones touched for every message sent are striped by thread (see [`Striped`]);
 //! rare, labelled events (errors, closes, refusals) go through a small mutex-guarded
 //! map. Everything lives in one struct owned by the server state, so two servers in
 //! one process (as in tests) never share counters.
@@ -28,28 +29,81 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A fixed-bucket histogram of durations.
+/// Stripes of each per-message metric.
+const STRIPES: usize = 8;
+
+/// One cache line (or more) of its own, so neighbouring stripes never share one.
 #[derive(Default)]
-pub struct Histogram {
+#[repr(align(64))]
+struct Line<T>(T);
+
+/// A metric split into per-thread stripes that are summed when read. Fanning one value
+/// out to 10,000 clients updates the per-message metrics 10,000 times from every
+/// worker thread at once; on one shared atomic each update would pull its cache line
+/// away from the other cores.
+#[derive(Default)]
+struct Striped<T>([Line<T>; STRIPES]);
+
+impl<T> Striped<T> {
+    /// This thread's stripe.
+    fn mine(&self) -> &T {
+        use std::sync::atomic::AtomicUsize;
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static STRIPE: usize = NEXT.fetch_add(1, Relaxed) % STRIPES;
+        }
+        &self.0[STRIPE.with(|s| *s)].0
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().map(|l| &l.0)
+    }
+}
+
+impl Striped<AtomicU64> {
+    fn add(&self, n: u64) {
+        self.mine().fetch_add(n, Relaxed);
+    }
+
+    fn sum(&self) -> u64 {
+        self.iter().map(|a| a.load(Relaxed)).sum()
+    }
+}
+
+#[derive(Default)]
+struct HistogramStripe {
     buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
+/// A fixed-bucket histogram of durations.
+#[derive(Default)]
+pub struct Histogram(Striped<HistogramStripe>);
+
 impl Histogram {
     pub fn observe(&self, d: Duration) {
+        let h = self.0.mine();
         let s = d.as_secs_f64();
         // Buckets are cumulative when rendered; store each sample in its first bucket.
         if let Some(i) = LATENCY_BUCKETS.iter().position(|b| s <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
+            h.buckets[i].fetch_add(1, Relaxed);
         }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_micros
+        h.count.fetch_add(1, Relaxed);
+        h.sum_micros
             .fetch_add(d.as_micros().min(u64::MAX as u128) as u64, Relaxed);
     }
 
     pub fn count(&self) -> u64 {
-        self.count.load(Relaxed)
+        self.0.iter().map(|h| h.count.load(Relaxed)).sum()
+    }
+
+    fn bucket(&self, i: usize) -> u64 {
+        self.0.iter().map(|h| h.buckets[i].load(Relaxed)).sum()
+    }
+
+    fn sum_micros(&self) -> u64 {
+        self.0.iter().map(|h| h.sum_micros.load(Relaxed)).sum()
     }
 }
 
@@ -79,7 +133,7 @@ impl CounterVec {
 pub struct Metrics {
     connections: [AtomicI64; 2],
     connections_total: [AtomicU64; 2],
-    messages_sent: [AtomicU64; 2],
+    messages_sent: [Striped<AtomicU64>; 2],
     updates_dropped: [AtomicU64; 2],
     pub notify_to_send: Histogram,
     pub publish_to_send: Histogram,
@@ -126,11 +180,11 @@ impl Metrics {
     }
 
     pub fn message_sent(&self, t: Transport) {
-        self.messages_sent[t as usize].fetch_add(1, Relaxed);
+        self.messages_sent[t as usize].add(1);
     }
 
     pub fn messages_sent(&self, t: Transport) -> u64 {
-        self.messages_sent[t as usize].load(Relaxed)
+        self.messages_sent[t as usize].sum()
     }
 
     /// Versions a client skipped because it was not ready when they were published.
@@ -190,7 +244,7 @@ impl Metrics {
                 out,
                 "{p}_messages_sent_total{{transport=\"{}\"}} {}",
                 Transport::label(i),
-                c.load(Relaxed)
+                c.sum()
             );
         }
         header(
@@ -340,13 +394,15 @@ impl Metrics {
 fn histogram(out: &mut String, p: &str, name: &str, help: &str, h: &Histogram) {
     header(out, p, name, "histogram", help);
     let mut cumulative = 0;
-    for (bound, n) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
-        cumulative += n.load(Relaxed);
+    for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+        cumulative += h.bucket(i);
         let _ = writeln!(out, "{p}_{name}_bucket{{le=\"{bound}\"}} {cumulative}");
     }
-    let count = h.count.load(Relaxed);
+    // At least the buckets' total: stripes are read one after the other while
+    // sessions keep adding, and a scrape must never show +Inf below a finite bucket.
+    let count = h.count().max(cumulative);
     let _ = writeln!(out, "{p}_{name}_bucket{{le=\"+Inf\"}} {count}");
-    let sum = h.sum_micros.load(Relaxed) as f64 / 1e6;
+    let sum = h.sum_micros() as f64 / 1e6;
     let _ = writeln!(out, "{p}_{name}_sum {sum}");
     let _ = writeln!(out, "{p}_{name}_count {count}");
 }
@@ -366,6 +422,37 @@ fn escape(label: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn striped_metrics_add_up_across_threads() {
+        let m = std::sync::Arc::new(Metrics::default());
+        let threads: Vec<_> = (0..STRIPES + 3)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        m.message_sent(Transport::Ws);
+                        m.notify_to_send.observe(Duration::from_millis(3));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        let n = 1000 * (STRIPES as u64 + 3);
+        assert_eq!(m.messages_sent(Transport::Ws), n);
+        assert_eq!(m.notify_to_send.count(), n);
+        let text = m.render(&Gauges {
+            ready: true,
+            kpis: 0,
+            dim_filters: 0,
+        });
+        assert!(text.contains(&format!(
+            "kpi_notifier_notify_to_send_seconds_bucket{{le=\"0.005\"}} {n}"
+        )));
+        assert!(text.contains(&format!("kpi_notifier_notify_to_send_seconds_count {n}")));
+    }
 
     #[test]
     fn renders_counters_and_a_cumulative_histogram() {

@@ -5,9 +5,14 @@
 //! close 1001 ("going away"), SSE streams end, the LISTEN task stops, and `serve` waits
 //! up to `shutdown_grace_ms` for the streaming connections to finish.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::task::AtomicWaker;
 use tokio::sync::{watch, Semaphore};
 
 /// Resolves on SIGTERM or ctrl-c (SIGINT).
@@ -38,21 +43,69 @@ pub async fn signal() {
     }
 }
 
-/// Sets the shutdown flag.
-pub struct Trigger(watch::Sender<bool>);
+/// Sets the shutdown flag (also when dropped: `serve` is returning).
+pub struct Trigger {
+    tx: watch::Sender<bool>,
+    sessions: Arc<Sessions>,
+}
 
 /// A cheap, cloneable view of the shutdown flag.
 #[derive(Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+    sessions: Arc<Sessions>,
+}
+
+/// What [`Fired`] waits on: a flag, and a waker per waiting session.
+#[derive(Default)]
+struct Sessions {
+    fired: AtomicBool,
+    wakers: Mutex<Registered>,
+}
+
+#[derive(Default)]
+struct Registered {
+    wakers: Vec<Weak<AtomicWaker>>,
+    /// Length at which dead entries are swept out (doubles with the live ones).
+    sweep_at: usize,
+}
 
 pub fn channel() -> (Trigger, Shutdown) {
     let (tx, rx) = watch::channel(false);
-    (Trigger(tx), Shutdown(rx))
+    let sessions = Arc::new(Sessions::default());
+    (
+        Trigger {
+            tx,
+            sessions: sessions.clone(),
+        },
+        Shutdown { rx, sessions },
+    )
 }
 
 impl Trigger {
     pub fn fire(&self) {
-        self.0.send_replace(true);
+        self.tx.send_replace(true);
+        self.sessions.fire();
+    }
+}
+
+impl Drop for Trigger {
+    fn drop(&mut self) {
+        self.sessions.fire();
+    }
+}
+
+impl Sessions {
+    fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        let wakers = std::mem::take(&mut self.lock().wakers);
+        for w in wakers.iter().filter_map(Weak::upgrade) {
+            w.wake();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registered> {
+        self.wakers.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -61,19 +114,53 @@ impl Shutdown {
     pub async fn wait(&mut self) {
         // An error means the trigger was dropped, which only happens as `serve` returns:
         // treat it as shutdown too.
-        let _ = self.0.wait_for(|down| *down).await;
+        let _ = self.rx.wait_for(|down| *down).await;
     }
 
-    /// [`Shutdown::wait`] as an owned future, for a `select!` loop to pin once: a wait
-    /// created anew on every iteration registers and removes a waiter on the one channel
-    /// every connection shares, and 10,000 sessions doing that on every value they send
-    /// contend for its lock.
-    pub async fn fired(mut self) {
-        self.wait().await
+    /// A wait for shutdown for a `select!` loop to pin once and poll on every turn.
+    /// Unlike [`Shutdown::wait`], polling it takes no lock: each one has a waker of its
+    /// own, registered once, and the shutdown flag is an atomic. (A `watch` wait takes
+    /// the channel's lock on every poll, and 10,000 WebSocket sessions poll theirs for
+    /// every value they send.)
+    pub fn fired(self) -> Fired {
+        let waker = Arc::new(AtomicWaker::new());
+        {
+            let mut r = self.sessions.lock();
+            if r.wakers.len() >= r.sweep_at {
+                r.wakers.retain(|w| w.strong_count() > 0);
+                r.sweep_at = (r.wakers.len() * 2).max(64);
+            }
+            r.wakers.push(Arc::downgrade(&waker));
+        }
+        Fired {
+            sessions: self.sessions,
+            waker,
+        }
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        *self.0.borrow()
+        *self.rx.borrow()
+    }
+}
+
+/// See [`Shutdown::fired`].
+pub struct Fired {
+    sessions: Arc<Sessions>,
+    waker: Arc<AtomicWaker>,
+}
+
+impl Future for Fired {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Registered before the flag is read, and the flag is set before the wakers are
+        // woken, so a shutdown between the two is never missed.
+        self.waker.register(cx.waker());
+        if self.sessions.fired.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -104,6 +191,33 @@ mod tests {
         h.await.ok();
         s.wait().await;
         assert!(s.is_shutting_down());
+    }
+
+    #[tokio::test]
+    async fn fired_wakes_pinned_waiters_and_resolves_for_late_ones() {
+        let (trigger, s) = channel();
+        let waiters: Vec<_> = (0..100).map(|_| tokio::spawn(s.clone().fired())).collect();
+        // Waiters that already ended are swept out as new ones register.
+        for _ in 0..200 {
+            drop(s.clone().fired());
+        }
+        tokio::task::yield_now().await;
+        trigger.fire();
+        for w in waiters {
+            tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("woken")
+                .expect("joined");
+        }
+        s.clone().fired().await;
+        // Dropping the trigger (serve returning) counts as shutdown too.
+        let (trigger, s) = channel();
+        let w = tokio::spawn(s.fired());
+        drop(trigger);
+        tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .expect("woken")
+            .expect("joined");
     }
 
     #[tokio::test]

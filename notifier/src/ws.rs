@@ -178,17 +178,20 @@ impl Session {
         tokio::pin!(shutdown);
 
         let end = loop {
-            // Biased, with values before client frames: a wake-up is nearly always a new
-            // value, and the first ready branch ends the poll.
+            // Biased, with values first: a wake-up is nearly always a new value, and the
+            // first ready branch ends the poll, so the others are not polled on the way
+            // to sending it (polling the shutdown wait takes the lock of a channel every
+            // session shares). Shutdown and expiry come before client frames, so a
+            // flooding client cannot keep them from being seen.
             tokio::select! {
                 biased;
-                _ = &mut shutdown => break End::Close(close::GOING_AWAY, "server shutting down".into()),
-                _ = &mut expiry => break End::Close(close::UNAUTHORIZED, "token expired".into()),
                 Some((topic, item)) = self.subs.next() => {
                     if let Err(end) = self.on_value(&topic, item, &mut sink).await {
                         break end;
                     }
                 }
+                _ = &mut shutdown => break End::Close(close::GOING_AWAY, "server shutting down".into()),
+                _ = &mut expiry => break End::Close(close::UNAUTHORIZED, "token expired".into()),
                 frame = stream.next() => {
                     last_heard = Instant::now();
                     match frame {
@@ -419,9 +422,14 @@ impl Session {
         sub.floor = snap.version;
         self.send(sink, Message::Text(frame)).await?;
         let metrics = &self.state.metrics;
-        metrics.publish_to_send.observe(snap.published_at.elapsed());
+        let now = Instant::now();
+        metrics
+            .publish_to_send
+            .observe(now.saturating_duration_since(snap.published_at));
         if let Some(at) = snap.notified_at {
-            metrics.notify_to_send.observe(at.elapsed());
+            metrics
+                .notify_to_send
+                .observe(now.saturating_duration_since(at));
         }
         Ok(())
     }
@@ -453,7 +461,15 @@ impl Session {
     {
         let timeout = Duration::from_millis(self.state.config.limits.send_timeout_ms);
         let counts = !matches!(msg, Message::Ping(_));
-        match tokio::time::timeout(timeout, sink.send(msg)).await {
+        // Nearly every send completes at once (the socket buffer has room), so the timer
+        // starts only when it does not: creating and dropping a tokio timer takes the
+        // runtime's timer lock, which 10,000 sessions sending one value contend for.
+        let mut send = sink.send(msg);
+        let sent = match futures::poll!(&mut send) {
+            std::task::Poll::Ready(r) => Ok(r),
+            std::task::Poll::Pending => tokio::time::timeout(timeout, send).await,
+        };
+        match sent {
             Ok(Ok(())) => {
                 if counts {
                     self.state.metrics.message_sent(Transport::Ws);
