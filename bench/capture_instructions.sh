@@ -13,6 +13,8 @@
 # do not), so the bare figure is higher than a pgbench transaction's.
 #
 #   N=5000   INSERTs per table
+#   SKETCH=1 also give the checkout KPI the sketch benchmark's measures
+#            (users = count_distinct(user_id), p95 = percentile(latency_ms, 0.95))
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -25,7 +27,11 @@ command -v valgrind >/dev/null || {
 start_cluster
 create_orders_table orders_bare
 create_orders_table orders_kpi
-create_three_kpis orders_kpi ""
+extra=""
+if [ -n "${SKETCH:-}" ]; then
+    extra="users = count_distinct(user_id), p95 = percentile(latency_ms, 0.95)"
+fi
+create_three_kpis orders_kpi "" "$extra"
 sql "CHECKPOINT" >/dev/null
 as_pg "$PG_BIN/pg_ctl" -D "$PGDIR/data" -m fast -w stop >/dev/null
 
@@ -70,12 +76,13 @@ bare="$(instructions orders_bare)"
 kpi="$(instructions orders_kpi)"
 trigger="$(inclusive "$work/orders_kpi.cg" "pg_kpi_capture")"
 flush="$(inclusive "$work/orders_kpi.cg" "pg_kpi::capture::flush")"
-python3 - "$N" "$bare" "$kpi" "${trigger:-0}" "${flush:-0}" <<'PY'
+python3 - "$N" "$bare" "$kpi" "${trigger:-0}" "${flush:-0}" "${SKETCH:-}" <<'PY'
 import sys
-n, bare, kpi, trigger, flush = (int(x) for x in sys.argv[1:])
+n, bare, kpi, trigger, flush = (int(x) for x in sys.argv[1:6])
 print(f"== instructions per one-row INSERT transaction (callgrind, {n} transactions, postgres --single) ==")
 print(f"bare table                       {bare / n:>10,.0f}")
-print(f"3 KPIs                           {kpi / n:>10,.0f}   ({kpi / bare:.3f} x bare)")
+label = "3 KPIs + sketches" if len(sys.argv) > 6 and sys.argv[6] else "3 KPIs"
+print(f"{label:<33}{kpi / n:>10,.0f}   ({kpi / bare:.3f} x bare)")
 print(f"added by the KPIs                {(kpi - bare) / n:>10,.0f}")
 print(f"  in the capture trigger         {trigger / n:>10,.0f}")
 print(f"  in the pre-commit flush        {flush / n:>10,.0f}   (encode + one heap insert into kpi.deltas)")

@@ -50,6 +50,7 @@ cat <<MSG
 
   pg_kpi demo is running.
     Dashboard and API:  http://$HTTP/    (try /api/kpis, /sse?kpi=checkout, /metrics)
+    One region only:    http://$HTTP/sse?kpi=checkout&dims=%7B%22region%22%3A%22eu%22%7D
     SQL:                psql -h 127.0.0.1 -p $PORT -U postgres demo
       SELECT * FROM kpi.checkout ORDER BY bucket DESC LIMIT 10;
       SELECT kpi.value('checkout', 'revenue', '5 minutes');
@@ -57,6 +58,7 @@ cat <<MSG
       SELECT * FROM kpi.series('checkout', 'p95_latency', now() - interval '1 hour', compare => true);
       SELECT * FROM kpi.top('checkout', 'revenue', 'region', '1 hour', 3);
       SELECT kpi.snapshot('checkout');
+      SELECT kpi.snapshot('checkout', '{"region": "eu"}');
       LISTEN kpi_changes;
   Ctrl-C stops the load, the notifier and the cluster.
 

@@ -2,7 +2,8 @@
 //!
 //! Every endpoint takes the same bearer token as the streams (header or `?token=`) and
 //! only shows KPIs in the token's scope. The latest snapshot comes from the hub (no
-//! database round trip); the catalog and series are read from the database.
+//! database round trip, unless it is of a dimension filter nobody follows); the catalog
+//! and series are read from the database.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -16,6 +17,7 @@ use serde_json::value::RawValue;
 
 use crate::config::valid_kpi_name;
 use crate::error::ApiError;
+use crate::filter::{self, Topic};
 use crate::http::AppState;
 use crate::protocol::truncate;
 
@@ -95,20 +97,40 @@ fn known_kpi(
     Ok(())
 }
 
+#[derive(Debug, Deserialize)]
+pub struct OneQuery {
+    token: Option<String>,
+    /// A dimension filter as JSON, as on `/sse`.
+    dims: Option<String>,
+}
+
 /// The latest snapshot, the same object a WebSocket subscriber gets first:
-/// `{"type":"snapshot","kpi":…,"version":…,"data":<kpi.snapshot>}`.
+/// `{"type":"snapshot","kpi":…,"version":…,"data":<kpi.snapshot>}`, with `"dims"` for a
+/// filtered one (from memory when clients follow that filter, else read once).
 async fn one(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    q: QueryResult<TokenQuery>,
+    q: QueryResult<OneQuery>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     known_kpi(&state, &headers, q.token.as_deref(), &name)?;
-    let snap = state
-        .hub
-        .current(&name)
-        .ok_or_else(|| ApiError::UnknownKpi(truncate(&name, 64).into()))?;
+    let dims = filter::from_param(q.dims.as_deref())?;
+    let snap = match dims {
+        None => state.hub.current(&name),
+        Some(dims) => {
+            let topic = Topic {
+                kpi: name.clone(),
+                dims: Some(dims),
+            };
+            let rx = filter::subscribe(&state, &topic)
+                .await
+                .map_err(|r| r.into_api(&name))?;
+            let snap = rx.borrow().clone();
+            Some(snap)
+        }
+    }
+    .ok_or_else(|| ApiError::UnknownKpi(truncate(&name, 64).into()))?;
     Ok((
         [(
             header::CONTENT_TYPE,

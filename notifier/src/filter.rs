@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::error::ApiError;
 use crate::http::AppState;
 use crate::hub::{FilterSlot, Receiver, Snapshot};
 use crate::protocol::{truncate, ErrorCode};
@@ -84,6 +85,17 @@ impl DimFilter {
     }
 }
 
+/// A `dims=` URL parameter (JSON text): `None` when absent or empty.
+pub fn from_param(text: Option<&str>) -> Result<Option<DimFilter>, ApiError> {
+    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        ApiError::bad_request("bad_dims", format!("dims must be a JSON object: {e}"))
+    })?;
+    DimFilter::parse(Some(&value)).map_err(|m| ApiError::bad_request("bad_dims", m))
+}
+
 /// What a subscription follows: a KPI, whole or filtered by its dimensions.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Topic {
@@ -96,6 +108,17 @@ pub struct Topic {
 pub struct Refusal {
     pub code: ErrorCode,
     pub message: String,
+}
+
+impl Refusal {
+    /// The refusal as an HTTP error, for SSE and the REST API.
+    pub fn into_api(self, kpi: &str) -> ApiError {
+        match self.code {
+            ErrorCode::UnknownKpi => ApiError::UnknownKpi(truncate(kpi, 64).into()),
+            ErrorCode::NotReady => ApiError::NotReady(self.message),
+            other => ApiError::bad_request(other.as_str(), self.message),
+        }
+    }
 }
 
 fn refusal(code: ErrorCode, message: String) -> Refusal {

@@ -27,7 +27,7 @@ use tokio_stream::StreamMap;
 
 use crate::config::valid_kpi_name;
 use crate::error::ApiError;
-use crate::filter::{self, DimFilter, Refusal, Topic};
+use crate::filter::{self, Topic};
 use crate::http::{AppState, ConnectionGuard};
 use crate::hub::Snapshot;
 use crate::metrics::Transport;
@@ -89,7 +89,7 @@ pub async fn handler(
         None => HashMap::new(),
     };
 
-    let dims = parse_dims(q.dims.as_deref())?;
+    let dims = filter::from_param(q.dims.as_deref())?;
 
     let mut subs: StreamMap<String, Sub> = StreamMap::new();
     let mut known = HashMap::new();
@@ -105,7 +105,7 @@ pub async fn handler(
         };
         let rx = filter::subscribe(&state, &topic)
             .await
-            .map_err(|r| refused(r, name))?;
+            .map_err(|r| r.into_api(name))?;
         let current = rx.borrow().clone();
         let since = resume.get(name).copied();
         let send = since.is_none_or(|s| current.version > s);
@@ -178,27 +178,6 @@ pub async fn handler(
         Body::from_stream(body),
     )
         .into_response())
-}
-
-/// The `dims` parameter: a JSON object, or nothing.
-fn parse_dims(text: Option<&str>) -> Result<Option<DimFilter>, ApiError> {
-    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
-        return Ok(None);
-    };
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        ApiError::bad_request("bad_dims", format!("dims must be a JSON object: {e}"))
-    })?;
-    DimFilter::parse(Some(&value)).map_err(|m| ApiError::bad_request("bad_dims", m))
-}
-
-/// A refused subscription as an HTTP error.
-fn refused(r: Refusal, name: &str) -> ApiError {
-    match r.code {
-        ErrorCode::UnknownKpi => ApiError::UnknownKpi(protocol::truncate(name, 64).into()),
-        ErrorCode::NotReady => ApiError::NotReady(r.message),
-        ErrorCode::TooManyFilters => ApiError::bad_request("too_many_filters", r.message),
-        other => ApiError::bad_request(other.as_str(), r.message),
-    }
 }
 
 /// `42` (one KPI) or `a:42,b:17`.

@@ -6,8 +6,8 @@
 //! within `limits.send_timeout_ms` is closed as too slow (4002), and while it is slow its
 //! subscriptions only remember the newest value, so it costs no memory.
 //!
-//! The session is generic over any `Sink`/`Stream` of messages so unit tests can drive
-//! it without a socket.
+//! The session is generic over any socket that is both a `Sink` and a `Stream` of
+//! messages, so unit tests can drive it without a network socket.
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -63,17 +63,15 @@ pub async fn handler(
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
-        .on_upgrade(move |socket: WebSocket| async move {
-            let (sink, stream) = socket.split();
+        .on_upgrade(move |mut socket: WebSocket| async move {
             match auth {
-                Ok(principal) => Session::new(state, principal).run(sink, stream).await,
+                Ok(principal) => Session::new(state, principal).run(socket).await,
                 Err(e) => {
                     state.metrics.rejected.inc(e.reason());
                     tracing::info!(reason = e.reason(), error = %e, "WebSocket refused: unauthorized");
-                    let (mut sink, mut stream) = (sink, stream);
-                    close_with(&state, &mut sink, close::UNAUTHORIZED, &e.to_string()).await;
-                    drain(&mut stream).await;
-                    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+                    close_with(&state, &mut socket, close::UNAUTHORIZED, &e.to_string()).await;
+                    drain(&mut socket).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close()).await;
                 }
             }
             drop(guard);
@@ -155,11 +153,14 @@ impl Session {
     }
 
     /// Runs the session until the client leaves or the server closes it.
-    pub async fn run<S, R, E>(mut self, mut sink: S, mut stream: R)
+    ///
+    /// The socket is one value, not split into halves: a split socket shares its two
+    /// halves through a lock that every send and every read attempt takes, which was 2 %
+    /// of the notifier's CPU while fanning one value out to 10,000 clients.
+    pub async fn run<W, E>(mut self, mut socket: W)
     where
-        S: Sink<Message> + Unpin,
-        S::Error: Display,
-        R: Stream<Item = Result<Message, E>> + Unpin,
+        W: Sink<Message> + Stream<Item = Result<Message, E>> + Unpin,
+        <W as Sink<Message>>::Error: Display,
         E: Display,
     {
         let state = self.state.clone();
@@ -186,18 +187,18 @@ impl Session {
             tokio::select! {
                 biased;
                 Some((topic, item)) = self.subs.next() => {
-                    if let Err(end) = self.on_value(&topic, item, &mut sink).await {
+                    if let Err(end) = self.on_value(&topic, item, &mut socket).await {
                         break end;
                     }
                 }
                 _ = &mut shutdown => break End::Close(close::GOING_AWAY, "server shutting down".into()),
                 _ = &mut expiry => break End::Close(close::UNAUTHORIZED, "token expired".into()),
-                frame = stream.next() => {
+                frame = socket.next() => {
                     last_heard = Instant::now();
                     match frame {
                         None | Some(Ok(Message::Close(_))) => break End::Gone,
                         Some(Ok(Message::Text(text))) => {
-                            if let Err(end) = self.on_text(text.as_str(), &mut sink).await {
+                            if let Err(end) = self.on_text(text.as_str(), &mut socket).await {
                                 break end;
                             }
                         }
@@ -213,7 +214,7 @@ impl Session {
                     if last_heard.elapsed() > idle_timeout {
                         break End::Close(close::TOO_SLOW, format!("nothing received for {} ms (ping unanswered)", idle_timeout.as_millis()));
                     }
-                    if let Err(end) = self.send(&mut sink, Message::Ping(Default::default())).await {
+                    if let Err(end) = self.send(&mut socket, Message::Ping(Default::default())).await {
                         break end;
                     }
                 }
@@ -228,11 +229,11 @@ impl Session {
                 if level_info {
                     tracing::info!(principal = %self.principal.name, code, %reason, "closing WebSocket");
                 }
-                close_with(&state, &mut sink, code, &reason).await;
-                drain(&mut stream).await;
+                close_with(&state, &mut socket, code, &reason).await;
+                drain(&mut socket).await;
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), socket.close()).await;
     }
 
     /// Handles one text frame from the client.

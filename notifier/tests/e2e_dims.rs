@@ -110,6 +110,26 @@ async fn filtered_subscriptions_follow_their_rows_only() {
         .await;
     assert!(v.get("dims").is_none());
 
+    // The REST API serves the same filtered object.
+    let r = reqwest::get(n.url(&format!("/api/kpis/sales?dims={dims_param}")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let rest: Value = r.json().await.unwrap();
+    assert_eq!(rest["dims"], eu);
+    assert_eq!(
+        measures(&rest["data"]),
+        measures(&db_filtered(&cluster, "sales", &eu).await)
+    );
+    let r = reqwest::get(n.url("/api/kpis/sales?dims=%7B%22nope%22%3A1%7D"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "unknown_dimension"
+    );
+
     // Nobody follows the filters any more: the next change forgets them.
     drop(ws);
     drop(sse);

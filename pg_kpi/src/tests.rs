@@ -190,6 +190,29 @@ mod tests {
     }
 
     #[pg_test]
+    fn long_and_toasted_dimension_values_are_captured_whole() {
+        setup();
+        Spi::run(
+            "SELECT kpi.create(name => 'by_note', source => 'orders', time_column => 'created_at',
+                measures => 'n = count(*)', dimensions => '{note}', bucket => '1 day');
+             -- Compressible (stored compressed in line) and incompressible (moved to TOAST).
+             INSERT INTO orders (created_at, region, channel, status, amount, quantity, note)
+             VALUES (now(), 'eu', 'web', 'paid', 1, 1, repeat('ab', 20000)),
+                    (now(), 'eu', 'web', 'paid', 1, 1,
+                     (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 400) g)),
+                    (now(), 'eu', 'web', 'paid', 1, 1, 'short')",
+        )
+        .expect("insert");
+        Spi::run("SELECT kpi._flush_for_tests()").expect("flush");
+        let missing = Spi::get_one::<i64>(
+            "SELECT count(*) FROM (SELECT note FROM orders WHERE note IS NOT NULL
+                                   EXCEPT SELECT note FROM kpi.by_note) m",
+        )
+        .expect("compare");
+        assert_eq!(missing, Some(0), "every note must reach the view unchanged");
+    }
+
+    #[pg_test]
     fn snapshot_with_dims_reads_only_those_rows() {
         setup();
         create_checkout();

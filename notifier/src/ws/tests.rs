@@ -11,6 +11,49 @@ use crate::config::Config;
 use crate::hub::Snapshot;
 use crate::shutdown;
 
+/// A channel pair as one socket, the way the session takes a WebSocket.
+struct Duplex<S, R>(S, R);
+
+impl<S: Sink<Message> + Unpin, R: Unpin> Sink<Message> for Duplex<S, R> {
+    type Error = S::Error;
+
+    fn poll_ready(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        std::pin::Pin::new(&mut self.0).poll_ready(cx)
+    }
+
+    fn start_send(mut self: std::pin::Pin<&mut Self>, item: Message) -> Result<(), S::Error> {
+        std::pin::Pin::new(&mut self.0).start_send(item)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        std::pin::Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
+impl<S: Unpin, R: Stream + Unpin> Stream for Duplex<S, R> {
+    type Item = R::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<R::Item>> {
+        std::pin::Pin::new(&mut self.1).poll_next(cx)
+    }
+}
+
 struct Harness {
     to_server: mpsc::Sender<Result<Message, Infallible>>,
     from_server: mpsc::Receiver<Message>,
@@ -62,7 +105,7 @@ fn harness_with(config: Config, scope: Scope, out_buffer: usize) -> Harness {
         scope,
         expires_at: None,
     };
-    let task = tokio::spawn(Session::new(state.clone(), principal).run(tx, rx));
+    let task = tokio::spawn(Session::new(state.clone(), principal).run(Duplex(tx, rx)));
     Harness {
         to_server,
         from_server,
@@ -308,7 +351,7 @@ async fn not_ready_before_the_first_load() {
     let (state, _listener) = crate::state(Config::default(), flag).unwrap();
     let (mut to_server, rx) = mpsc::channel(8);
     let (tx, mut from_server) = mpsc::channel(8);
-    tokio::spawn(Session::new(state, Principal::anonymous()).run(tx, rx));
+    tokio::spawn(Session::new(state, Principal::anonymous()).run(Duplex(tx, rx)));
     to_server
         .send(Ok::<_, Infallible>(Message::Text(
             json!({"op":"subscribe","kpis":["a"]}).to_string().into(),

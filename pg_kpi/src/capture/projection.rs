@@ -206,7 +206,12 @@ impl Row<'_> {
         unsafe {
             if v.type_oid == pg_sys::TEXTOID || v.type_oid == pg_sys::VARCHAROID {
                 // text and varchar print as their bytes: skip the output function's copy.
-                let raw = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+                // Short values of a row are inline and uncompressed; only others need
+                // detoasting (a call into Postgres).
+                let mut raw: *mut pg_sys::varlena = datum.cast_mut_ptr();
+                if pgrx::varlena::varatt_is_1b_e(raw) || pgrx::varlena::varatt_is_4b_c(raw) {
+                    raw = pg_sys::pg_detoast_datum_packed(raw);
+                }
                 let bytes = pgrx::varlena::varlena_to_byte_slice(raw);
                 String::from_utf8_lossy(bytes).into_owned()
             } else {
