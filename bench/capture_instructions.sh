@@ -68,8 +68,9 @@ instructions() {
 
 # inclusive COUNT_FILE FUNCTION -> the function's inclusive instruction count.
 inclusive() {
+    # awk reads to the end (no early exit), so callgrind_annotate never gets SIGPIPE.
     callgrind_annotate --inclusive=yes "$1" 2>/dev/null |
-        awk -v f="$2" '$0 ~ ":" f " " { gsub(",", "", $1); print $1; exit }'
+        awk -v f="$2" '!found && $0 ~ ":" f " " { gsub(",", "", $1); found = $1 } END { print found }'
 }
 
 bare="$(instructions orders_bare)"
