@@ -452,8 +452,8 @@ mod tests {
         Snapshot::from_data(kpi, Some(d), &format!(r#"{{"version": {version}}}"#), None).unwrap()
     }
 
-    #[tokio::test]
-    async fn filters_register_before_their_first_read_and_are_pruned_when_unused() {
+    /// A hub with KPI `a` and the filter region = eu registered for its first read.
+    fn hub_reading_eu() -> (Hub, DimFilter) {
         let hub = Hub::new();
         hub.publish(snap("a", 1));
         let eu = filtered("a", "eu", 1).dims.unwrap();
@@ -461,6 +461,12 @@ mod tests {
             hub.filtered_subscribe("a", &eu, 10),
             FilterSlot::Read
         ));
+        (hub, eu)
+    }
+
+    #[tokio::test]
+    async fn filters_register_before_their_first_read_and_are_pruned_when_unused() {
+        let (hub, eu) = hub_reading_eu();
         // Registered: the LISTEN task re-reads it from now on, even before it is installed.
         assert_eq!(hub.filters_of(Some(&["a".to_string()])).len(), 1);
         assert!(hub.filters_of(Some(&["b".to_string()])).is_empty());
@@ -499,13 +505,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_a_kpi_closes_its_filters() {
-        let hub = Hub::new();
-        hub.publish(snap("a", 1));
-        let eu = filtered("a", "eu", 1).dims.unwrap();
-        assert!(matches!(
-            hub.filtered_subscribe("a", &eu, 10),
-            FilterSlot::Read
-        ));
+        let (hub, _eu) = hub_reading_eu();
         let mut rx = hub.filtered_install(filtered("a", "eu", 1)).unwrap();
         hub.retain(&HashSet::new());
         assert!(rx.changed().await.is_err());
