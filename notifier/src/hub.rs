@@ -62,6 +62,8 @@ struct Head {
 
 impl Snapshot {
     /// Builds the frames of a whole KPI for `data` (the `kpi.snapshot` jsonb as text).
+    /// The version is the one `data` carries (consistent with its values); `version` is
+    /// used only when it carries none.
     pub fn new(
         kpi: &str,
         version: i64,
@@ -91,7 +93,7 @@ impl Snapshot {
     ) -> Result<Snapshot, serde_json::Error> {
         let raw: &RawValue = serde_json::from_str(data)?;
         let head: Head = serde_json::from_str(data)?;
-        let version = version.or(head.version).unwrap_or(0);
+        let version = head.version.or(version).unwrap_or(0);
         // Canonical JSON text from `DimFilter`, so always valid.
         let dims_raw: Option<&RawValue> = dims
             .as_ref()
@@ -413,6 +415,20 @@ mod tests {
         let b = hub.subscribe("a").unwrap().borrow().clone();
         assert!(Arc::ptr_eq(&a, &b), "every reader shares one value");
         assert!(Snapshot::new("a", 1, "{not json", None).is_err());
+    }
+
+    #[test]
+    fn the_version_comes_from_the_data_when_it_has_one() {
+        let data = r#"{"kpi":"a","version":42,"dimensions":["region"],"measures":{}}"#;
+        let s = Snapshot::new("a", 7, data, None).unwrap();
+        assert_eq!(s.version, 42);
+        assert_eq!(&*s.dimensions, ["region".to_string()]);
+        assert_eq!(
+            Snapshot::new("a", 7, r#"{"kpi":"a"}"#, None)
+                .unwrap()
+                .version,
+            7
+        );
     }
 
     #[tokio::test]

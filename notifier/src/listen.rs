@@ -355,8 +355,7 @@ impl Listener {
             };
             // The snapshot's own version is consistent with its data; kpi.list()'s is the
             // same statement snapshot, kept as a fallback.
-            let version = snapshot_version(&data).unwrap_or(list_version);
-            match Snapshot::new(&name, version, &data, notified_at) {
+            match Snapshot::new(&name, list_version, &data, notified_at) {
                 Ok(snap) => {
                     if self.hub.publish(snap) != Published::Unchanged {
                         self.metrics
@@ -460,14 +459,6 @@ fn note_payload(shared: &Shared, payload: &str, metrics: &Metrics) {
     shared.wake.notify_one();
 }
 
-fn snapshot_version(data: &str) -> Option<i64> {
-    #[derive(Deserialize)]
-    struct Head {
-        version: Option<i64>,
-    }
-    serde_json::from_str::<Head>(data).ok()?.version
-}
-
 /// Spreads reconnects of many replicas over ±25 % of the delay.
 fn jitter(d: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
@@ -520,16 +511,6 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
-    }
-
-    #[test]
-    fn snapshot_version_is_read_from_the_json() {
-        assert_eq!(
-            snapshot_version(r#"{"kpi":"a","version":42,"measures":{}}"#),
-            Some(42)
-        );
-        assert_eq!(snapshot_version(r#"{"kpi":"a"}"#), None);
-        assert_eq!(snapshot_version("nope"), None);
     }
 
     #[test]

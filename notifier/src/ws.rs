@@ -180,9 +180,8 @@ impl Session {
 
         let end = loop {
             // Biased, with values first: a wake-up is nearly always a new value, and the
-            // first ready branch ends the poll, so the others are not polled on the way
-            // to sending it (polling the shutdown wait takes the lock of a channel every
-            // session shares). Shutdown and expiry come before client frames, so a
+            // first ready branch ends the poll, so the other branches are not polled on
+            // the way to sending it. Shutdown and expiry come before client frames, so a
             // flooding client cannot keep them from being seen.
             tokio::select! {
                 biased;

@@ -16,7 +16,6 @@
 use crate::errors::KpiResult;
 use crate::expr::{analyze, Want};
 use pgrx::pg_sys;
-use std::cell::RefCell;
 use std::ffi::CStr;
 
 /// Where one value of the projection lands, with what turns it into text.
@@ -34,7 +33,8 @@ pub struct Value {
 pub struct Projection {
     estate: *mut pg_sys::EState,
     econtext: *mut pg_sys::ExprContext,
-    targets: RefCell<Vec<*mut pg_sys::Expr>>,
+    /// The distinct expressions, in target-list order.
+    targets: Vec<*mut pg_sys::Expr>,
     /// Set by `finish`.
     info: *mut pg_sys::ProjectionInfo,
     result: *mut pg_sys::TupleTableSlot,
@@ -56,7 +56,7 @@ impl Projection {
             Projection {
                 estate,
                 econtext,
-                targets: RefCell::new(Vec::new()),
+                targets: Vec::new(),
                 info: std::ptr::null_mut(),
                 result: std::ptr::null_mut(),
             }
@@ -66,7 +66,7 @@ impl Projection {
     /// Analyses `text` against `relid` and adds it to the projection; with `guard`, it
     /// is computed only where the guard (a filter) is true, NULL elsewhere.
     pub fn add(
-        &self,
+        &mut self,
         relid: pg_sys::Oid,
         text: &str,
         want: Want,
@@ -105,14 +105,14 @@ impl Projection {
     }
 
     /// The position of `node` among the targets, adding it unless an equal one is there.
-    unsafe fn place(&self, node: *mut pg_sys::Expr) -> usize {
-        let mut targets = self.targets.borrow_mut();
-        let found = targets
+    unsafe fn place(&mut self, node: *mut pg_sys::Expr) -> usize {
+        let found = self
+            .targets
             .iter()
             .position(|t| unsafe { pg_sys::equal(*t as *const _, node as *const _) });
         found.unwrap_or_else(|| {
-            targets.push(node);
-            targets.len() - 1
+            self.targets.push(node);
+            self.targets.len() - 1
         })
     }
 
@@ -121,7 +121,7 @@ impl Projection {
         unsafe {
             let old = pg_sys::MemoryContextSwitchTo((*self.estate).es_query_cxt);
             let mut tlist: *mut pg_sys::List = std::ptr::null_mut();
-            for (i, node) in self.targets.borrow().iter().enumerate() {
+            for (i, node) in self.targets.iter().enumerate() {
                 let entry =
                     pg_sys::makeTargetEntry(*node, (i + 1) as i16, std::ptr::null_mut(), false);
                 tlist = pg_sys::lappend(tlist, entry as *mut std::ffi::c_void);
