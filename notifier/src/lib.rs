@@ -46,7 +46,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use axum::serve::ListenerExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 pub use config::Config;
@@ -92,6 +93,19 @@ pub fn state(
     Ok((state, listener))
 }
 
+/// Turns Nagle's algorithm off on an accepted connection.
+///
+/// Every frame the notifier pushes is small and must leave at once. With Nagle on, a
+/// frame sent while the client has not yet acknowledged the previous one waits for that
+/// acknowledgement, and clients delay theirs by up to 40 ms: an update following a
+/// snapshot, or a fan-out that reaches a client late and the next value right after,
+/// would arrive tens of milliseconds late.
+fn no_delay(stream: &mut TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+    }
+}
+
 /// Serves until `shutdown` resolves, then closes every connection gracefully.
 ///
 /// Refuses to start on a non-loopback address when no tokens are configured (checked
@@ -122,7 +136,7 @@ pub async fn serve(
         std::future::pending::<()>().await;
     });
     let mut graceful = flag.clone();
-    let result = axum::serve(listener, http::app(state.clone()))
+    let result = axum::serve(listener.tap_io(no_delay), http::app(state.clone()))
         .with_graceful_shutdown(async move { graceful.wait().await })
         .await;
     // axum stops waiting for a connection once it is upgraded to a WebSocket; those
@@ -138,4 +152,20 @@ pub async fn serve(
     watcher.abort();
     tracing::info!("notifier stopped");
     result.map_err(ServeError::Io)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use axum::serve::{Listener, ListenerExt};
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut listener = listener.tap_io(super::no_delay);
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await;
+        assert!(accepted.nodelay().unwrap());
+    }
 }
