@@ -17,10 +17,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::{AbortHandle, Abortable};
 use futures::{SinkExt, StreamExt};
 use pg_kpi_e2e::Cluster;
 use serde::Deserialize;
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -390,13 +390,20 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
     let base = current_count(&writer, "ticks").await;
     let target = base + updates as i64;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let slots = Arc::new(tokio::sync::Semaphore::new(256));
+    let frame_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let connect_started = Instant::now();
     let mut handles = Vec::with_capacity(clients);
+    // Stragglers are stopped by aborting their receive loops: an abort handle is a flag
+    // and a lock-free waker, where selecting on a shared `watch` took a lock for every
+    // message received (the load generator shares the notifier's two cores).
+    let mut aborts = Vec::with_capacity(clients);
     for _ in 0..clients {
-        let (slots, connected, mut stop) = (slots.clone(), connected.clone(), stop_rx.clone());
+        let (slots, connected, frame_bytes) =
+            (slots.clone(), connected.clone(), frame_bytes.clone());
+        let (abort, stop) = AbortHandle::new_pair();
+        aborts.push(abort);
         let port = notifier.port;
         handles.push(tokio::spawn(async move {
             let permit = slots.acquire_owned().await.unwrap();
@@ -404,7 +411,10 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
             // Wait for the snapshot before counting the client as subscribed.
             loop {
                 match ws.next().await {
-                    Some(Ok(Message::Text(_))) => break,
+                    Some(Ok(Message::Text(t))) => {
+                        frame_bytes.store(t.len(), std::sync::atomic::Ordering::Relaxed);
+                        break;
+                    }
                     Some(Ok(_)) => continue,
                     _ => return Vec::new(),
                 }
@@ -412,24 +422,21 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
             drop(permit);
             connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let mut got: Vec<(i64, Instant)> = Vec::with_capacity(updates + 4);
-            loop {
-                tokio::select! {
-                    m = ws.next() => match m {
-                        Some(Ok(Message::Text(t))) => {
-                            let now = Instant::now();
-                            if let Some((_, n)) = count_of(t.as_str()) {
-                                got.push((n, now));
-                                if n >= target {
-                                    return got;
-                                }
+            let receive = async {
+                while let Some(Ok(m)) = ws.next().await {
+                    if let Message::Text(t) = m {
+                        let now = Instant::now();
+                        if let Some((_, n)) = count_of(t.as_str()) {
+                            got.push((n, now));
+                            if n >= target {
+                                return;
                             }
                         }
-                        Some(Ok(_)) => {}
-                        _ => return got,
-                    },
-                    _ = stop.changed() => return got,
+                    }
                 }
-            }
+            };
+            let _ = Abortable::new(receive, stop).await;
+            got
         }));
     }
     while connected.load(std::sync::atomic::Ordering::Relaxed) < clients {
@@ -444,9 +451,10 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
     }
     let (rss_idle, _) = notifier.rss_mib();
     println!(
-        "  {} clients connected and subscribed in {:.1} s; notifier RSS {:.0} MiB before, {:.0} MiB with all clients idle",
+        "  {} clients connected and subscribed in {:.1} s ({}-byte frames); notifier RSS {:.0} MiB before, {:.0} MiB with all clients idle",
         connected.load(std::sync::atomic::Ordering::Relaxed),
         connect_started.elapsed().as_secs_f64(),
+        frame_bytes.load(std::sync::atomic::Ordering::Relaxed),
         rss0,
         rss_idle
     );
@@ -467,13 +475,10 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
     let write_secs = started.elapsed().as_secs_f64();
     let (rss_busy, _) = notifier.rss_mib();
     // Give stragglers time to get the final value, then stop the rest.
-    let stopper = {
-        let stop_tx = stop_tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            let _ = stop_tx.send(true);
-        })
-    };
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        aborts.iter().for_each(AbortHandle::abort);
+    });
     let mut lat = Vec::with_capacity(clients * updates);
     let (mut complete, mut delivered) = (0usize, 0usize);
     // Per value: the first and last client to receive it (the fan-out spread).
