@@ -20,10 +20,13 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
-use crate::filter::DimFilter;
+use crate::fanout::{self, Registry};
+use crate::filter::{DimFilter, Topic};
+use crate::metrics::Metrics;
 use crate::protocol::ValueFrame;
 
 /// One published version of one KPI, ready to send.
@@ -41,6 +44,10 @@ pub struct Snapshot {
     pub snapshot_frame: Utf8Bytes,
     /// `{"type":"update",…}`, the same object with another type.
     pub update_frame: Utf8Bytes,
+    /// The two frames as complete WebSocket frames, written as they are to every
+    /// subscribed socket (see `fanout`).
+    pub snapshot_ws: Bytes,
+    pub update_ws: Bytes,
     /// Counts publications of this KPI in this process, so a receiver can tell how many
     /// versions it skipped (the database's versions may have gaps of their own).
     pub seq: u64,
@@ -108,13 +115,16 @@ impl Snapshot {
                 data: raw,
             })
         };
+        let (snapshot_frame, update_frame) = (frame("snapshot")?, frame("update")?);
         Ok(Snapshot {
             kpi: Arc::from(kpi),
             dims: dims.clone(),
             dimensions: head.dimensions.into(),
             version,
-            snapshot_frame: frame("snapshot")?.into(),
-            update_frame: frame("update")?.into(),
+            snapshot_ws: fanout::text_frame(snapshot_frame.as_bytes()),
+            update_ws: fanout::text_frame(update_frame.as_bytes()),
+            snapshot_frame: snapshot_frame.into(),
+            update_frame: update_frame.into(),
             seq: 0,
             notified_at,
             published_at: Instant::now(),
@@ -164,11 +174,26 @@ pub struct Hub {
     channels: RwLock<HashMap<String, watch::Sender<Arc<Snapshot>>>>,
     filtered: std::sync::Mutex<Filtered>,
     loaded: AtomicBool,
+    /// The WebSocket subscribers of each topic, which every new value is written to.
+    pub fanout: Registry,
+    metrics: Arc<Metrics>,
 }
 
 impl Hub {
     pub fn new() -> Hub {
         Hub::default()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// A hub whose fan-out counts into `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Hub {
+        Hub {
+            metrics,
+            ..Hub::default()
+        }
     }
 
     /// A receiver positioned at the current value, or `None` for an unknown KPI.
@@ -200,19 +225,30 @@ impl Hub {
     /// other version replaces it (the database is the authority; a lower version means
     /// the KPI was dropped and re-created).
     pub fn publish(&self, mut snap: Snapshot) -> Published {
-        if let Some(tx) = self.read().get(&*snap.kpi) {
-            return if publish_into(tx, snap) {
-                Published::Changed
-            } else {
-                Published::Unchanged
-            };
+        let kpi = snap.kpi.clone();
+        {
+            let channels = self.read();
+            if let Some(tx) = channels.get(&*kpi) {
+                let new = publish_into(tx, snap);
+                drop(channels);
+                return match new {
+                    Some(new) => {
+                        self.deliver(&new);
+                        Published::Changed
+                    }
+                    None => Published::Unchanged,
+                };
+            }
         }
         let mut map = self.write();
         // Re-check under the write lock: only the LISTEN task publishes, but stay correct
         // if that ever changes.
-        if let Some(tx) = map.get(&*snap.kpi) {
+        if let Some(tx) = map.get(&*kpi) {
             snap.seq = tx.borrow().seq + 1;
-            tx.send_replace(Arc::new(snap));
+            let new = Arc::new(snap);
+            tx.send_replace(new.clone());
+            drop(map);
+            self.deliver(&new);
             return Published::Changed;
         }
         let name = snap.kpi.to_string();
@@ -230,6 +266,11 @@ impl Hub {
             map.remove(name);
         }
         self.filters().retain(|(kpi, _), _| keep.contains(kpi));
+        drop(map);
+        if !gone.is_empty() {
+            self.fanout
+                .end(|topic| !keep.contains(&topic.kpi), &self.metrics);
+        }
         gone
     }
 
@@ -264,12 +305,11 @@ impl Hub {
         let slot = f
             .entry((snap.kpi.to_string(), dims))
             .or_insert(Slot::Reading(None));
-        let rx = match slot {
+        let (rx, new) = match slot {
             Slot::Live(tx) => {
-                if snap.version > tx.borrow().version {
-                    publish_into(tx, snap);
-                }
-                tx.subscribe()
+                let rx = tx.subscribe();
+                let newer = snap.version > tx.borrow().version;
+                (rx, if newer { publish_into(tx, snap) } else { None })
             }
             Slot::Reading(newer) => {
                 let value = match newer.take() {
@@ -278,9 +318,14 @@ impl Hub {
                 };
                 let (tx, rx) = watch::channel(value);
                 *slot = Slot::Live(tx);
-                rx
+                (rx, None)
             }
         };
+        drop(f);
+        drop(channels);
+        if let Some(new) = new {
+            self.deliver(&new);
+        }
         Some(rx)
     }
 
@@ -320,19 +365,33 @@ impl Hub {
                 }
                 Published::New
             }
-            Some(Slot::Live(tx)) => {
-                if publish_into(tx, snap) {
+            Some(Slot::Live(tx)) => match publish_into(tx, snap) {
+                Some(new) => {
+                    drop(f);
+                    self.deliver(&new);
                     Published::Changed
-                } else {
-                    Published::Unchanged
                 }
-            }
+                None => Published::Unchanged,
+            },
         }
     }
 
     /// Drops a filtered topic; its subscribers see their receiver close.
     pub fn filtered_remove(&self, kpi: &str, dims: &DimFilter) {
         self.filters().remove(&(kpi.to_string(), dims.clone()));
+        self.fanout.end(
+            |t| t.kpi == kpi && t.dims.as_ref() == Some(dims),
+            &self.metrics,
+        );
+    }
+
+    /// Writes a new value to the topic's WebSocket subscribers.
+    fn deliver(&self, snap: &Arc<Snapshot>) {
+        let topic = Topic {
+            kpi: snap.kpi.to_string(),
+            dims: snap.dims.clone(),
+        };
+        self.fanout.deliver(&topic, snap, &self.metrics);
     }
 
     /// Filtered topics currently followed (or being read for the first time).
@@ -369,9 +428,10 @@ impl Hub {
     }
 }
 
-/// Replaces the channel's value unless it has the same version; whether it did.
-fn publish_into(tx: &watch::Sender<Arc<Snapshot>>, snap: Snapshot) -> bool {
+/// Replaces the channel's value unless it has the same version; the new value if it did.
+fn publish_into(tx: &watch::Sender<Arc<Snapshot>>, snap: Snapshot) -> Option<Arc<Snapshot>> {
     let mut snap = Some(snap);
+    let mut new = None;
     tx.send_if_modified(|cur| {
         if cur.version == snap.as_ref().map_or(cur.version, |s| s.version) {
             return false;
@@ -379,9 +439,11 @@ fn publish_into(tx: &watch::Sender<Arc<Snapshot>>, snap: Snapshot) -> bool {
         if let Some(mut s) = snap.take() {
             s.seq = cur.seq + 1;
             *cur = Arc::new(s);
+            new = Some(cur.clone());
         }
         true
-    })
+    });
+    new
 }
 
 /// Forgets filtered topics that have a channel but no subscriber left.

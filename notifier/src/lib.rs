@@ -11,7 +11,8 @@
 //! |---|---|
 //! | [`config`] | the one configuration struct and its layers (defaults < file < env < flags) |
 //! | [`listen`] | the supervised LISTEN connection: reconnect, reload, coalesced snapshot reads, fold timer |
-//! | [`hub`] | per-KPI `watch` channels: latest-value fan-out, frames serialized once |
+//! | [`hub`] | per-KPI `watch` channels: the latest value of each topic, frames serialized once |
+//! | [`fanout`] | each new value written straight into every subscribed WebSocket |
 //! | [`filter`] | dimension filters: subscriptions to a KPI restricted to some dimension values |
 //! | [`protocol`] | client and server messages, error codes, WebSocket close codes |
 //! | [`http`] | the router (`app`), shared state, Origin/CORS, connection limit, health |
@@ -32,6 +33,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod fanout;
 pub mod filter;
 pub mod http;
 pub mod hub;
@@ -68,8 +70,8 @@ pub fn state(
 ) -> Result<(http::AppState, listen::Listener), ServeError> {
     let listen_pg = db::pg_config(&config, db::LISTEN_APP_NAME).map_err(ServeError::Config)?;
     let api_pg = db::pg_config(&config, db::API_APP_NAME).map_err(ServeError::Config)?;
-    let hub = Arc::new(hub::Hub::new());
     let metrics = Arc::new(metrics::Metrics::default());
+    let hub = Arc::new(hub::Hub::with_metrics(metrics.clone()));
     let (status_tx, status_rx) = listen::status_channel();
     let listener = listen::Listener {
         pg: listen_pg,

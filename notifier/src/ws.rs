@@ -1,35 +1,41 @@
 //! `GET /ws`: the WebSocket protocol (see `protocol` for the messages).
 //!
-//! One task per connection runs a `select!` over: client frames, the connection's
-//! subscriptions (a `StreamMap` of per-KPI watch receivers), a ping timer, token expiry
-//! and shutdown. Sends are awaited with a timeout: a client that cannot take a frame
-//! within `limits.send_timeout_ms` is closed as too slow (4002), and while it is slow its
-//! subscriptions only remember the newest value, so it costs no memory.
+//! One task per connection runs a `select!` over: a backlog in the connection's outbox,
+//! client frames, a ping timer, token expiry and shutdown. New values do not go through
+//! it: the publisher writes them into the socket (see `fanout`), and the session only
+//! drains what the socket did not take at once. Draining and the session's own sends
+//! are bounded by a timeout: a client that cannot take a frame within
+//! `limits.send_timeout_ms` is closed as too slow (4002), and while it is slow its
+//! subscriptions only keep the newest value, so it costs no memory.
 //!
-//! The session is generic over any socket that is both a `Sink` and a `Stream` of
-//! messages, so unit tests can drive it without a network socket.
+//! The session runs over any byte stream (a hyper upgrade, or an in-memory pipe in the
+//! unit tests), with tungstenite parsing the client's frames.
+
+mod upgrade;
 
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use futures::stream::{BoxStream, StreamExt};
+use futures::stream::StreamExt;
 use futures::{Sink, SinkExt, Stream};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio_stream::wrappers::WatchStream;
-use tokio_stream::StreamMap;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::Principal;
-use crate::config::valid_kpi_name;
+use crate::config::{valid_kpi_name, Limits};
 use crate::error::ApiError;
+use crate::fanout::{Dropped, Outbox, SharedIo, Socket};
 use crate::filter::{self, DimFilter, Topic};
 use crate::http::{AppState, ConnectionGuard};
-use crate::hub::Snapshot;
 use crate::metrics::Transport;
 use crate::protocol::{self, close, parse_client, ClientMsg, ErrorCode, ParseError, Which};
 
@@ -44,38 +50,49 @@ pub async fn handler(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    mut req: Request,
 ) -> Result<Response, ApiError> {
-    let ws = ws.map_err(|e| ApiError::bad_request("not_websocket", e.body_text()))?;
+    let (response, on_upgrade) = upgrade::accept(&mut req)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let guard = ConnectionGuard::acquire(&state, Transport::Ws)?;
     let auth = state.auth.authenticate(&headers, query.token.as_deref());
-    let limit = state.config.limits.max_message_bytes;
-    Ok(ws
-        // tungstenite reserves 128 KiB per connection for reads and buffers writes up to
-        // 128 KiB by default; client messages are tiny and every send is flushed, so
-        // small buffers keep 10,000 connections cheap. The read buffer is also zeroed up
-        // to this size on every read attempt, which happens each time the session wakes
-        // to send a value: at 4 KiB that was 4 % of the notifier's CPU in the fan-out
-        // benchmark.
+    tokio::spawn(async move {
+        let socket = match on_upgrade.await {
+            Ok(upgraded) => TokioIo::new(upgraded),
+            Err(e) => {
+                tracing::debug!(error = %e, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        match auth {
+            Ok(principal) => Session::new(state, principal).run(socket).await,
+            Err(e) => {
+                state.metrics.rejected.inc(e.reason());
+                tracing::info!(reason = e.reason(), error = %e, "WebSocket refused: unauthorized");
+                let config = ws_config(&state.config.limits);
+                let mut ws =
+                    WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).await;
+                close_with(&state, &mut ws, close::UNAUTHORIZED, &e.to_string()).await;
+                drain(&mut ws).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), SinkExt::close(&mut ws)).await;
+            }
+        }
+        drop(guard);
+    });
+    Ok(response)
+}
+
+/// tungstenite's settings for a connection.
+fn ws_config(limits: &Limits) -> WebSocketConfig {
+    // tungstenite reserves 128 KiB per connection for reads by default; client messages
+    // are tiny, and the read buffer is also zeroed up to its size on every read attempt
+    // (4 % of the notifier's CPU in the fan-out benchmark at 4 KiB). Writes are never
+    // buffered there: they go to the connection's outbox at once.
+    WebSocketConfig::default()
         .read_buffer_size(1024)
         .write_buffer_size(0)
-        .max_message_size(limit)
-        .max_frame_size(limit)
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "WebSocket upgrade failed"))
-        .on_upgrade(move |mut socket: WebSocket| async move {
-            match auth {
-                Ok(principal) => Session::new(state, principal).run(socket).await,
-                Err(e) => {
-                    state.metrics.rejected.inc(e.reason());
-                    tracing::info!(reason = e.reason(), error = %e, "WebSocket refused: unauthorized");
-                    close_with(&state, &mut socket, close::UNAUTHORIZED, &e.to_string()).await;
-                    drain(&mut socket).await;
-                    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close()).await;
-                }
-            }
-            drop(guard);
-        }))
+        .max_message_size(Some(limits.max_message_bytes))
+        .max_frame_size(Some(limits.max_message_bytes))
 }
 
 /// How a session ends.
@@ -84,17 +101,6 @@ enum End {
     Gone,
     /// The server closes with this code and reason.
     Close(u16, String),
-}
-
-type Sub = BoxStream<'static, Option<Arc<Snapshot>>>;
-
-/// What the session knows about one subscription (a KPI, or a KPI filtered by dimensions).
-struct SubState {
-    /// Versions at or below this are not sent (what the client has, or said it has).
-    floor: i64,
-    /// The version and publish counter of the last value seen from the hub.
-    hub_version: i64,
-    hub_seq: u64,
 }
 
 /// A token bucket: `rate` messages per second, bursts up to `burst`.
@@ -123,8 +129,6 @@ impl Bucket {
 pub struct Session {
     state: AppState,
     principal: Principal,
-    subs: StreamMap<Topic, Sub>,
-    known: HashMap<Topic, SubState>,
     bucket: Bucket,
     /// Messages dropped by the rate limit in the current one-second window, and when
     /// that window started.
@@ -144,8 +148,6 @@ impl Session {
         Session {
             state,
             principal,
-            subs: StreamMap::new(),
-            known: HashMap::new(),
             bucket,
             dropped: 0,
             dropped_since: Instant::now(),
@@ -153,23 +155,21 @@ impl Session {
     }
 
     /// Runs the session until the client leaves or the server closes it.
-    ///
-    /// The socket is one value, not split into halves: a split socket shares its two
-    /// halves through a lock that every send and every read attempt takes, which was 2 %
-    /// of the notifier's CPU while fanning one value out to 10,000 clients.
-    pub async fn run<W, E>(mut self, mut socket: W)
-    where
-        W: Sink<Message> + Stream<Item = Result<Message, E>> + Unpin,
-        <W as Sink<Message>>::Error: Display,
-        E: Display,
-    {
+    pub async fn run(mut self, socket: impl Socket) {
         let state = self.state.clone();
         state.metrics.connection_opened(Transport::Ws);
         let _open = OpenGuard(state.clone());
         tracing::debug!(principal = %self.principal.name, "WebSocket connected");
         let cfg = &state.config;
+        // The session's own frames may queue behind a backlog up to a message's size.
+        let outbox = Outbox::new(socket, cfg.limits.max_message_bytes.max(MIN_QUEUE_BYTES));
+        let _subscriptions = Subscriptions(state.clone(), outbox.clone());
+        let io = SharedIo(outbox.clone());
+        let config = ws_config(&cfg.limits);
+        let mut socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         let ping_every = Duration::from_millis(cfg.ws.ping_interval_ms);
         let idle_timeout = Duration::from_millis(cfg.ws.idle_timeout_ms);
+        let send_timeout = Duration::from_millis(cfg.limits.send_timeout_ms);
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
         let mut last_heard = Instant::now();
@@ -179,15 +179,20 @@ impl Session {
         tokio::pin!(shutdown);
 
         let end = loop {
-            // Biased, with values first: a wake-up is nearly always a new value, and the
-            // first ready branch ends the poll, so the other branches are not polled on
-            // the way to sending it. Shutdown and expiry come before client frames, so a
-            // flooding client cannot keep them from being seen.
+            // Biased: a backlog first (a client that does not read must not keep the
+            // session busy with its frames), then shutdown and expiry before client
+            // frames, so a flooding client cannot keep them from being seen.
             tokio::select! {
                 biased;
-                Some((topic, item)) = self.subs.next() => {
-                    if let Err(end) = self.on_value(&topic, item, &mut socket).await {
-                        break end;
+                _ = std::future::poll_fn(|cx| outbox.poll_backlog(cx)) => {
+                    let drain = std::future::poll_fn(|cx| outbox.poll_drain(cx));
+                    match tokio::time::timeout(send_timeout, drain).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "WebSocket write failed; client gone");
+                            break End::Gone;
+                        }
+                        Err(_) => break too_slow(send_timeout),
                     }
                 }
                 _ = &mut shutdown => break End::Close(close::GOING_AWAY, "server shutting down".into()),
@@ -197,7 +202,7 @@ impl Session {
                     match frame {
                         None | Some(Ok(Message::Close(_))) => break End::Gone,
                         Some(Ok(Message::Text(text))) => {
-                            if let Err(end) = self.on_text(text.as_str(), &mut socket).await {
+                            if let Err(end) = self.on_text(text.as_str(), &outbox, &mut socket).await {
                                 break end;
                             }
                         }
@@ -205,7 +210,7 @@ impl Session {
                             break End::Close(close::UNSUPPORTED_DATA, "binary frames are not supported; send JSON text".into())
                         }
                         // tungstenite answers pings itself; any frame proves the client reads.
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                         Some(Err(e)) => break read_error(&e.to_string(), state.config.limits.max_message_bytes),
                     }
                 }
@@ -219,6 +224,8 @@ impl Session {
                 }
             }
         };
+        // No value may follow the close frame.
+        unsubscribe_all(&state, &outbox);
         match end {
             End::Gone => {
                 tracing::debug!(principal = %self.principal.name, "WebSocket closed by client")
@@ -232,11 +239,16 @@ impl Session {
                 drain(&mut socket).await;
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), socket.close()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), SinkExt::close(&mut socket)).await;
     }
 
     /// Handles one text frame from the client.
-    async fn on_text<S>(&mut self, text: &str, sink: &mut S) -> Result<(), End>
+    async fn on_text<S>(
+        &mut self,
+        text: &str,
+        outbox: &Arc<Outbox>,
+        sink: &mut S,
+    ) -> Result<(), End>
     where
         S: Sink<Message> + Unpin,
         S::Error: Display,
@@ -275,26 +287,20 @@ impl Session {
             }
             Ok(ClientMsg::Ping) => self.send(sink, Message::Text(protocol::PONG.into())).await,
             Ok(ClientMsg::Unsubscribe { kpis, dims }) => {
-                let ended: Vec<Topic> = self
-                    .known
-                    .keys()
-                    .filter(|t| {
-                        kpis.contains(&t.kpi)
-                            && match &dims {
-                                Which::All => true,
-                                Which::Only(d) => &t.dims == d,
-                            }
-                    })
-                    .cloned()
-                    .collect();
-                for topic in ended {
-                    self.subs.remove(&topic);
-                    self.known.remove(&topic);
+                let ended = outbox.unsubscribe(|t| {
+                    kpis.contains(&t.kpi)
+                        && match &dims {
+                            Which::All => true,
+                            Which::Only(d) => &t.dims == d,
+                        }
+                });
+                for (id, topic) in ended {
+                    self.state.hub.fanout.remove(&topic, id);
                 }
                 Ok(())
             }
             Ok(ClientMsg::Subscribe { kpis, since, dims }) => {
-                self.subscribe(sink, kpis, since, dims).await
+                self.subscribe(sink, outbox, kpis, since, dims).await
             }
         }
     }
@@ -302,6 +308,7 @@ impl Session {
     async fn subscribe<S>(
         &mut self,
         sink: &mut S,
+        outbox: &Arc<Outbox>,
         kpis: Vec<String>,
         since: HashMap<String, i64>,
         dims: Option<DimFilter>,
@@ -335,7 +342,8 @@ impl Session {
                 kpi: kpi.clone(),
                 dims: dims.clone(),
             };
-            if !self.known.contains_key(&topic) && self.known.len() >= max {
+            let (following, count) = outbox.follows(&topic);
+            if !following && count >= max {
                 let msg = format!("at most {max} subscriptions per connection");
                 self.error(sink, ErrorCode::TooManySubscriptions, &msg, Some(&shown))
                     .await?;
@@ -349,87 +357,25 @@ impl Session {
                     continue;
                 }
             };
-            let current = rx.borrow().clone();
+            // Registered before it starts, so no value published from here on is missed:
+            // until it starts, the fan-out skips it, and its start sends the newest value.
+            let fanout = &self.state.hub.fanout;
+            let id = fanout.next_id();
+            fanout.add(&topic, id, outbox);
             let since = since.get(&kpi).copied();
-            // A client that already has this version (or a newer one, from a replica
-            // that is ahead) gets nothing until the KPI changes.
-            let send = since.is_none_or(|s| current.version > s);
-            self.known.insert(
-                topic.clone(),
-                SubState {
-                    floor: if send {
-                        current.version
-                    } else {
-                        since.unwrap_or(current.version)
-                    },
-                    hub_version: current.version,
-                    hub_seq: current.seq,
-                },
-            );
-            let stream: Sub = WatchStream::from_changes(rx)
-                .map(Some)
-                .chain(futures::stream::once(async { None }))
-                .boxed();
-            self.subs.insert(topic, stream);
-            if send {
-                self.send(sink, Message::Text(current.snapshot_frame.clone()))
-                    .await?;
+            match outbox.subscribe(id, topic.clone(), rx, since, &self.state.metrics) {
+                Ok(replaced) => {
+                    if let Some(old) = replaced {
+                        fanout.remove(&topic, old);
+                    }
+                }
+                Err(Dropped) => {
+                    fanout.remove(&topic, id);
+                    let msg = format!("KPI {shown:?} was dropped");
+                    self.error(sink, ErrorCode::UnknownKpi, &msg, Some(&shown))
+                        .await?;
+                }
             }
-        }
-        Ok(())
-    }
-
-    /// A new value (or the end) of a subscription.
-    async fn on_value<S>(
-        &mut self,
-        topic: &Topic,
-        item: Option<Arc<Snapshot>>,
-        sink: &mut S,
-    ) -> Result<(), End>
-    where
-        S: Sink<Message> + Unpin,
-        S::Error: Display,
-    {
-        let Some(snap) = item else {
-            // The hub dropped the KPI (dropped in the database), or the filter (its
-            // dimension is gone).
-            self.known.remove(topic);
-            let kpi = topic.kpi.as_str();
-            let msg = match &topic.dims {
-                None => format!("KPI {kpi:?} was dropped"),
-                Some(d) => format!("KPI {kpi:?} filtered by {} is gone", d.as_str()),
-            };
-            return self
-                .error(sink, ErrorCode::UnknownKpi, &msg, Some(kpi))
-                .await;
-        };
-        let Some(sub) = self.known.get_mut(topic) else {
-            return Ok(());
-        };
-        let metrics = &self.state.metrics;
-        metrics.updates_dropped(Transport::Ws, snap.seq.saturating_sub(sub.hub_seq + 1));
-        let recreated = snap.version < sub.hub_version;
-        sub.hub_version = snap.version;
-        sub.hub_seq = snap.seq;
-        let frame = if recreated {
-            // The KPI was dropped and re-created: its versions started over.
-            snap.snapshot_frame.clone()
-        } else if snap.version > sub.floor {
-            snap.update_frame.clone()
-        } else {
-            return Ok(());
-        };
-        sub.floor = snap.version;
-        self.send(sink, Message::Text(frame)).await?;
-        let metrics = &self.state.metrics;
-        let now = Instant::now();
-        metrics
-            .publish_to_send
-            .observe(now.saturating_duration_since(snap.published_at));
-        if let Some(at) = snap.notified_at {
-            metrics
-                .notify_to_send
-                .observe(now.saturating_duration_since(at));
         }
         Ok(())
     }
@@ -480,14 +426,39 @@ impl Session {
                 tracing::debug!(error = %e, "WebSocket send failed; client gone");
                 Err(End::Gone)
             }
-            Err(_) => Err(End::Close(
-                close::TOO_SLOW,
-                format!(
-                    "client did not read a message within {} ms",
-                    timeout.as_millis()
-                ),
-            )),
+            Err(_) => Err(too_slow(timeout)),
         }
+    }
+}
+
+/// The end of a client that did not take a frame in time.
+fn too_slow(timeout: Duration) -> End {
+    End::Close(
+        close::TOO_SLOW,
+        format!(
+            "client did not read a message within {} ms",
+            timeout.as_millis()
+        ),
+    )
+}
+
+/// The least a connection's outbox may queue for the session's own frames.
+const MIN_QUEUE_BYTES: usize = 64 * 1024;
+
+/// Ends the connection's subscriptions: the fan-out stops writing to it.
+fn unsubscribe_all(state: &AppState, outbox: &Outbox) {
+    for (id, topic) in outbox.close() {
+        state.hub.fanout.remove(&topic, id);
+    }
+}
+
+/// Ends the subscriptions however the session ends (a panic, or the runtime dropping
+/// the task at exit), so the registry never keeps a dead connection's socket.
+struct Subscriptions(AppState, Arc<Outbox>);
+
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        unsubscribe_all(&self.0, &self.1);
     }
 }
 
@@ -511,7 +482,7 @@ where
 {
     state.metrics.ws_closes.inc(&code.to_string());
     let frame = CloseFrame {
-        code,
+        code: CloseCode::from(code),
         // Close reasons are limited to 123 bytes by the protocol.
         reason: protocol::truncate(reason, 120).into(),
     };

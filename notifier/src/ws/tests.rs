@@ -1,9 +1,9 @@
-//! Session tests over in-memory channels (no socket, no database).
+//! Session tests over an in-memory pipe (no network socket, no database), with a real
+//! tungstenite client on the other end.
 
-use std::convert::Infallible;
-
-use futures::channel::mpsc;
+use futures::stream::{SplitSink, SplitStream};
 use serde_json::{json, Value};
+use tokio::io::DuplexStream;
 
 use super::*;
 use crate::auth::Scope;
@@ -11,52 +11,24 @@ use crate::config::Config;
 use crate::hub::Snapshot;
 use crate::shutdown;
 
-/// A channel pair as one socket, the way the session takes a WebSocket.
-struct Duplex<S, R>(S, R);
+type Client = WebSocketStream<DuplexStream>;
 
-impl<S: Sink<Message> + Unpin, R: Unpin> Sink<Message> for Duplex<S, R> {
-    type Error = S::Error;
-
-    fn poll_ready(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), S::Error>> {
-        std::pin::Pin::new(&mut self.0).poll_ready(cx)
-    }
-
-    fn start_send(mut self: std::pin::Pin<&mut Self>, item: Message) -> Result<(), S::Error> {
-        std::pin::Pin::new(&mut self.0).start_send(item)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), S::Error>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_close(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), S::Error>> {
-        std::pin::Pin::new(&mut self.0).poll_close(cx)
-    }
-}
-
-impl<S: Unpin, R: Stream + Unpin> Stream for Duplex<S, R> {
-    type Item = R::Item;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<R::Item>> {
-        std::pin::Pin::new(&mut self.1).poll_next(cx)
-    }
+/// Starts a session on one end of a pipe of `buffer` bytes each way; returns the
+/// client's end and the session's task.
+async fn connect(
+    state: &AppState,
+    principal: Principal,
+    buffer: usize,
+) -> (Client, tokio::task::JoinHandle<()>) {
+    let (server, client) = tokio::io::duplex(buffer);
+    let task = tokio::spawn(Session::new(state.clone(), principal).run(server));
+    let client = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+    (client, task)
 }
 
 struct Harness {
-    to_server: mpsc::Sender<Result<Message, Infallible>>,
-    from_server: mpsc::Receiver<Message>,
+    to_server: SplitSink<Client, Message>,
+    from_server: SplitStream<Client>,
     state: AppState,
     _trigger: shutdown::Trigger,
     task: tokio::task::JoinHandle<()>,
@@ -92,20 +64,19 @@ fn publish_filtered(state: &AppState, kpi: &str, filter: &Value, version: i64) {
     }
 }
 
-fn harness_with(config: Config, scope: Scope, out_buffer: usize) -> Harness {
+async fn harness_with(config: Config, scope: Scope, buffer: usize) -> Harness {
     let (trigger, flag) = shutdown::channel();
     let (state, _listener) = crate::state(config, flag).unwrap();
     publish(&state, "a", 1);
     publish(&state, "b", 7);
     state.hub.mark_loaded();
-    let (to_server, rx) = mpsc::channel(2048);
-    let (tx, from_server) = mpsc::channel(out_buffer);
     let principal = Principal {
         name: "test".into(),
         scope,
         expires_at: None,
     };
-    let task = tokio::spawn(Session::new(state.clone(), principal).run(Duplex(tx, rx)));
+    let (client, task) = connect(&state, principal, buffer).await;
+    let (to_server, from_server) = client.split();
     Harness {
         to_server,
         from_server,
@@ -115,14 +86,14 @@ fn harness_with(config: Config, scope: Scope, out_buffer: usize) -> Harness {
     }
 }
 
-fn harness() -> Harness {
-    harness_with(Config::default(), Scope::All, 64)
+async fn harness() -> Harness {
+    harness_with(Config::default(), Scope::All, 64 * 1024).await
 }
 
 impl Harness {
     async fn send(&mut self, v: impl ToString) {
         self.to_server
-            .send(Ok(Message::Text(v.to_string().into())))
+            .send(Message::Text(v.to_string().into()))
             .await
             .unwrap();
     }
@@ -132,7 +103,8 @@ impl Harness {
             let m = tokio::time::timeout(Duration::from_secs(3), self.from_server.next())
                 .await
                 .expect("timed out waiting for a server message")
-                .expect("session ended");
+                .expect("session ended")
+                .expect("a WebSocket frame");
             if !matches!(m, Message::Ping(_)) {
                 return m;
             }
@@ -149,7 +121,7 @@ impl Harness {
     async fn close_code(&mut self) -> u16 {
         loop {
             match self.next().await {
-                Message::Close(Some(f)) => return f.code,
+                Message::Close(Some(f)) => return f.code.into(),
                 Message::Text(_) => continue,
                 other => panic!("expected close, got {other:?}"),
             }
@@ -164,7 +136,7 @@ impl Harness {
 
 #[tokio::test]
 async fn snapshot_then_updates_then_pong() {
-    let mut h = harness();
+    let mut h = harness().await;
     h.send(json!({"op":"subscribe","kpis":["a"]})).await;
     let v = h.json().await;
     assert_eq!(v["type"], "snapshot");
@@ -188,7 +160,7 @@ async fn snapshot_then_updates_then_pong() {
 
 #[tokio::test]
 async fn since_at_or_above_current_waits_for_a_change() {
-    let mut h = harness();
+    let mut h = harness().await;
     h.send(json!({"op":"subscribe","kpis":["a","b"],"since":{"a":1,"b":3}}))
         .await;
     let v = h.json().await;
@@ -205,7 +177,7 @@ async fn since_at_or_above_current_waits_for_a_change() {
     );
 
     // A client ahead of this replica (since 10) skips versions up to 10.
-    let mut h = harness();
+    let mut h = harness().await;
     h.send(json!({"op":"subscribe","kpis":["a"],"since":{"a":10}}))
         .await;
     publish(&h.state, "a", 5);
@@ -219,8 +191,9 @@ async fn refusals_keep_the_connection_open() {
     let mut h = harness_with(
         Config::default(),
         Scope::Kpis(["a".to_string(), "nope".to_string()].into()),
-        64,
-    );
+        64 * 1024,
+    )
+    .await;
     h.send(json!({"op":"subscribe","kpis":["b"]})).await;
     let v = h.json().await;
     assert_eq!(
@@ -244,7 +217,7 @@ async fn refusals_keep_the_connection_open() {
 
 #[tokio::test]
 async fn not_json_closes_4400() {
-    let mut h = harness();
+    let mut h = harness().await;
     h.send("{this is not json").await;
     assert_eq!(h.json().await["code"], "bad_message");
     assert_eq!(h.close_code().await, close::BAD_MESSAGE);
@@ -255,9 +228,9 @@ async fn not_json_closes_4400() {
 
 #[tokio::test]
 async fn binary_closes_1003() {
-    let mut h = harness();
+    let mut h = harness().await;
     h.to_server
-        .send(Ok(Message::Binary(vec![1, 2, 3].into())))
+        .send(Message::Binary(vec![1, 2, 3].into()))
         .await
         .unwrap();
     assert_eq!(h.close_code().await, close::UNSUPPORTED_DATA);
@@ -267,7 +240,7 @@ async fn binary_closes_1003() {
 async fn subscription_limit() {
     let mut config = Config::default();
     config.limits.max_subscriptions = 1;
-    let mut h = harness_with(config, Scope::All, 64);
+    let mut h = harness_with(config, Scope::All, 64 * 1024).await;
     h.send(json!({"op":"subscribe","kpis":["a","b"]})).await;
     assert_eq!(h.json().await["type"], "snapshot");
     let v = h.json().await;
@@ -282,7 +255,7 @@ async fn subscription_limit() {
 
 #[tokio::test]
 async fn flooding_is_told_then_closed() {
-    let mut h = harness();
+    let mut h = harness().await;
     for _ in 0..1000 {
         h.send(json!({"op":"ping"})).await;
     }
@@ -301,7 +274,7 @@ async fn flooding_is_told_then_closed() {
                     _ => panic!("{v}"),
                 }
             }
-            Message::Close(Some(f)) => break f.code,
+            Message::Close(Some(f)) => break u16::from(f.code),
             other => panic!("{other:?}"),
         }
     };
@@ -315,8 +288,8 @@ async fn flooding_is_told_then_closed() {
 async fn a_client_that_does_not_read_is_closed_as_too_slow() {
     let mut config = Config::default();
     config.limits.send_timeout_ms = 100;
-    // An output buffer of 0: the channel takes one message, then blocks like a full socket.
-    let mut h = harness_with(config, Scope::All, 0);
+    // A pipe that takes a frame or two, then blocks like a full socket.
+    let mut h = harness_with(config, Scope::All, 256).await;
     h.send(json!({"op":"subscribe","kpis":["a","b"]})).await;
     for v in 2..50 {
         publish(&h.state, "a", v);
@@ -331,7 +304,7 @@ async fn a_client_that_does_not_read_is_closed_as_too_slow() {
 
 #[tokio::test]
 async fn shutdown_closes_1001_and_dropped_kpis_are_reported() {
-    let mut h = harness();
+    let mut h = harness().await;
     h.send(json!({"op":"subscribe","kpis":["a","b"]})).await;
     h.json().await;
     h.json().await;
@@ -349,16 +322,14 @@ async fn shutdown_closes_1001_and_dropped_kpis_are_reported() {
 async fn not_ready_before_the_first_load() {
     let (_trigger, flag) = shutdown::channel();
     let (state, _listener) = crate::state(Config::default(), flag).unwrap();
-    let (mut to_server, rx) = mpsc::channel(8);
-    let (tx, mut from_server) = mpsc::channel(8);
-    tokio::spawn(Session::new(state, Principal::anonymous()).run(Duplex(tx, rx)));
-    to_server
-        .send(Ok::<_, Infallible>(Message::Text(
+    let (mut client, _task) = connect(&state, Principal::anonymous(), 4096).await;
+    client
+        .send(Message::Text(
             json!({"op":"subscribe","kpis":["a"]}).to_string().into(),
-        )))
+        ))
         .await
         .unwrap();
-    let Some(Message::Text(t)) = from_server.next().await else {
+    let Some(Ok(Message::Text(t))) = client.next().await else {
         panic!("expected text")
     };
     let v: Value = serde_json::from_str(t.as_str()).unwrap();
@@ -382,7 +353,7 @@ async fn oversized_and_broken_reads_map_to_close_codes() {
 
 #[tokio::test]
 async fn dimension_filters_are_topics_of_their_own() {
-    let mut h = harness();
+    let mut h = harness().await;
     let eu = json!({"region": "eu"});
     publish_filtered(&h.state, "a", &eu, 1);
     h.send(json!({"op":"subscribe","kpis":["a"],"dims":{"region":"eu"}}))
@@ -422,7 +393,7 @@ async fn dimension_filters_are_topics_of_their_own() {
 
 #[tokio::test]
 async fn bad_and_unknown_dimensions_are_refused() {
-    let mut h = harness();
+    let mut h = harness().await;
     h.send(json!({"op":"subscribe","kpis":["a"],"dims":["eu"]}))
         .await;
     assert_eq!(h.json().await["code"], "bad_dims");
@@ -446,7 +417,7 @@ async fn bad_and_unknown_dimensions_are_refused() {
 async fn the_number_of_distinct_filters_is_bounded() {
     let mut config = Config::default();
     config.limits.max_dim_filters = 1;
-    let mut h = harness_with(config, Scope::All, 64);
+    let mut h = harness_with(config, Scope::All, 64 * 1024).await;
     publish_filtered(&h.state, "a", &json!({"region": "eu"}), 1);
     h.send(json!({"op":"subscribe","kpis":["a"],"dims":{"region":"us"}}))
         .await;

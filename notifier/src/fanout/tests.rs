@@ -1,0 +1,285 @@
+//! Outbox and registry tests over in-memory pipes, read by a real tungstenite client.
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+use tokio::io::DuplexStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use std::io;
+use std::sync::Arc;
+use std::task::Context;
+
+use super::registry::CHUNK;
+use super::*;
+use crate::filter::Topic;
+use crate::hub::{Hub, Snapshot};
+use crate::metrics::{Metrics, Transport};
+use crate::protocol;
+
+fn publish(hub: &Hub, kpi: &str, version: i64) {
+    let data = json!({"version": version, "measures": {"n": {"today": version}}});
+    hub.publish(Snapshot::new(kpi, version, &data.to_string(), None).unwrap());
+}
+
+fn topic(kpi: &str) -> Topic {
+    Topic {
+        kpi: kpi.into(),
+        dims: None,
+    }
+}
+
+/// A connection subscribed to `kpi` (whose snapshot it is sent), over a pipe of
+/// `buffer` bytes.
+fn subscriber(hub: &Hub, kpi: &str, buffer: usize) -> (Arc<Outbox>, u64, DuplexStream) {
+    let (server, client) = tokio::io::duplex(buffer);
+    let outbox = Outbox::new(server, 64 * 1024);
+    let id = hub.fanout.next_id();
+    hub.fanout.add(&topic(kpi), id, &outbox);
+    let rx = hub.subscribe(kpi).unwrap();
+    let replaced = outbox
+        .subscribe(id, topic(kpi), rx, None, &Metrics::default())
+        .unwrap();
+    assert_eq!(replaced, None);
+    (outbox, id, client)
+}
+
+async fn client(pipe: DuplexStream) -> WebSocketStream<DuplexStream> {
+    WebSocketStream::from_raw_socket(pipe, Role::Client, None).await
+}
+
+/// The next text frame, as JSON.
+async fn next(ws: &mut WebSocketStream<DuplexStream>) -> Value {
+    let m = tokio::time::timeout(std::time::Duration::from_secs(3), ws.next())
+        .await
+        .expect("timed out waiting for a frame")
+        .expect("pipe closed")
+        .expect("a WebSocket frame");
+    match m {
+        Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+fn backlog(outbox: &Outbox) -> bool {
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    outbox.poll_backlog(&mut cx).is_ready()
+}
+
+/// Drains `outbox` while the client reads: the session's part.
+fn drain_in_background(outbox: Arc<Outbox>) -> tokio::task::JoinHandle<io::Result<()>> {
+    tokio::spawn(async move { std::future::poll_fn(|cx| outbox.poll_drain(cx)).await })
+}
+
+#[tokio::test]
+async fn a_socket_with_room_takes_each_value_at_once() {
+    let hub = Hub::new();
+    publish(&hub, "a", 1);
+    let (outbox, _, pipe) = subscriber(&hub, "a", 64 * 1024);
+    // A round each: the delivery task runs before the next value.
+    publish(&hub, "a", 2);
+    tokio::task::yield_now().await;
+    publish(&hub, "a", 3);
+    tokio::task::yield_now().await;
+    assert!(
+        !backlog(&outbox),
+        "nothing queued, the session is not needed"
+    );
+    let mut ws = client(pipe).await;
+    let v = next(&mut ws).await;
+    assert_eq!(
+        (v["type"].as_str(), v["version"].as_i64()),
+        (Some("snapshot"), Some(1))
+    );
+    for version in [2, 3] {
+        let v = next(&mut ws).await;
+        assert_eq!(
+            (v["type"].as_str(), v["version"].as_i64()),
+            (Some("update"), Some(version))
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_full_socket_keeps_the_frame_it_started_and_only_the_newest_value() {
+    let hub = Hub::new();
+    publish(&hub, "a", 1);
+    // Room for less than one frame: the snapshot goes out in part.
+    let (outbox, _, pipe) = subscriber(&hub, "a", 40);
+    assert!(backlog(&outbox));
+    for version in 2..=9 {
+        publish(&hub, "a", version);
+    }
+    let drained = drain_in_background(outbox.clone());
+    let mut ws = client(pipe).await;
+    assert_eq!(
+        next(&mut ws).await["version"],
+        1,
+        "the started frame, whole"
+    );
+    let v = next(&mut ws).await;
+    assert_eq!(
+        (v["type"].as_str(), v["version"].as_i64()),
+        (Some("update"), Some(9))
+    );
+    drained.await.unwrap().unwrap();
+    assert!(!backlog(&outbox));
+    // Versions 2 to 8 were replaced in the queue, each counted as dropped.
+    assert_eq!(hub.metrics().dropped(Transport::Ws), 7);
+}
+
+#[tokio::test]
+async fn the_sessions_frames_and_the_publishers_never_interleave() {
+    use tokio::io::AsyncWriteExt;
+    let hub = Hub::new();
+    publish(&hub, "a", 1);
+    let (outbox, _, pipe) = subscriber(&hub, "a", 40);
+    // The session writes a frame of its own (as tungstenite does) behind the part-sent
+    // snapshot, a value is published behind that, and the session's flush drains all.
+    let mut io = SharedIo(outbox.clone());
+    io.write_all(&text_frame(protocol::PONG.as_bytes()))
+        .await
+        .unwrap();
+    publish(&hub, "a", 2);
+    let flush = tokio::spawn(async move { io.flush().await });
+    let mut ws = client(pipe).await;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(next(&mut ws).await["type"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got, ["snapshot", "pong", "update"]);
+    flush.await.unwrap().unwrap();
+    assert!(!backlog(&outbox));
+}
+
+#[tokio::test]
+async fn values_before_the_start_or_already_seen_are_not_sent() {
+    let hub = Hub::new();
+    publish(&hub, "a", 1);
+    let (server, pipe) = tokio::io::duplex(64 * 1024);
+    let outbox = Outbox::new(server, 64 * 1024);
+    let id = hub.fanout.next_id();
+    hub.fanout.add(&topic("a"), id, &outbox);
+    // Registered, not started: the fan-out skips it.
+    publish(&hub, "a", 2);
+    let rx = hub.subscribe("a").unwrap();
+    outbox
+        .subscribe(id, topic("a"), rx, Some(1), &Metrics::default())
+        .unwrap();
+    // Its start saw version 2 (above `since`), so it got the snapshot of 2; a late
+    // delivery of 2 changes nothing.
+    outbox.deliver(id, &hub.current("a").unwrap(), &Metrics::default());
+    publish(&hub, "a", 3);
+    let mut ws = client(pipe).await;
+    let v = next(&mut ws).await;
+    assert_eq!(
+        (v["type"].as_str(), v["version"].as_i64()),
+        (Some("snapshot"), Some(2))
+    );
+    let v = next(&mut ws).await;
+    assert_eq!(
+        (v["type"].as_str(), v["version"].as_i64()),
+        (Some("update"), Some(3))
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_kpi_ends_its_subscriptions_with_one_error_each() {
+    let hub = Hub::new();
+    publish(&hub, "a", 1);
+    publish(&hub, "b", 1);
+    let (outbox, _, pipe) = subscriber(&hub, "a", 64 * 1024);
+    hub.retain(&["b".to_string()].into());
+    assert!(hub.fanout.is_empty(), "the registry forgot the topic");
+    assert_eq!(outbox.follows(&topic("a")), (false, 0));
+    let mut ws = client(pipe).await;
+    assert_eq!(next(&mut ws).await["type"], "snapshot");
+    let v = next(&mut ws).await;
+    assert_eq!(
+        (v["code"].as_str(), v["kpi"].as_str()),
+        (Some("unknown_kpi"), Some("a"))
+    );
+    assert_eq!(hub.metrics().client_errors.get("unknown_kpi"), 1);
+    // A subscription that starts after its KPI's channel is gone is refused.
+    let rx = {
+        publish(&hub, "c", 1);
+        let rx = hub.subscribe("c").unwrap();
+        hub.retain(&["b".to_string()].into());
+        rx
+    };
+    assert!(outbox
+        .subscribe(9, topic("c"), rx, None, &Metrics::default())
+        .is_err());
+}
+
+#[tokio::test]
+async fn a_closed_outbox_takes_no_more_values() {
+    let hub = Hub::new();
+    publish(&hub, "a", 1);
+    let (outbox, id, pipe) = subscriber(&hub, "a", 64 * 1024);
+    let ended = outbox.close();
+    assert_eq!(ended.len(), 1);
+    hub.fanout.remove(&ended[0].1, ended[0].0);
+    assert!(hub.fanout.is_empty());
+    outbox.deliver(id, &hub.current("a").unwrap(), &Metrics::default());
+    drop(outbox);
+    let mut ws = client(pipe).await;
+    assert_eq!(next(&mut ws).await["type"], "snapshot");
+    // The server end is gone with the outbox; nothing came after the snapshot.
+    assert!(ws.next().await.is_none_or(|m| m.is_err()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_fan_out_is_spread_over_tasks_and_reaches_everyone() {
+    let hub = Hub::new();
+    publish(&hub, "a", 1);
+    // Outside the test task's cooperative budget, like many sessions subscribing each
+    // in its own task: past the budget, the pipes would refuse the snapshots.
+    let clients: Vec<_> = tokio::task::unconstrained(async {
+        (0..3 * CHUNK + 7)
+            .map(|_| subscriber(&hub, "a", 4096))
+            .collect()
+    })
+    .await;
+    assert_eq!(hub.fanout.len(), clients.len());
+    publish(&hub, "a", 2);
+    for (outbox, _, pipe) in clients {
+        assert!(!backlog(&outbox));
+        let mut ws = client(pipe).await;
+        assert_eq!(next(&mut ws).await["version"], 1);
+        assert_eq!(next(&mut ws).await["version"], 2);
+    }
+}
+
+#[tokio::test]
+async fn values_published_during_a_round_are_merged_into_one_more_round() {
+    let hub = Hub::new();
+    publish(&hub, "a", 1);
+    let (_outbox, _, pipe) = subscriber(&hub, "a", 64 * 1024);
+    // No task runs between these: the first starts a round, the others only update
+    // the value it will write.
+    for version in 2..=5 {
+        publish(&hub, "a", version);
+    }
+    let mut ws = client(pipe).await;
+    assert_eq!(next(&mut ws).await["version"], 1);
+    let v = next(&mut ws).await;
+    assert_eq!(
+        (v["type"].as_str(), v["version"].as_i64()),
+        (Some("update"), Some(5))
+    );
+    // The follow-up round found the client up to date; the next value gets a round.
+    publish(&hub, "a", 6);
+    assert_eq!(next(&mut ws).await["version"], 6);
+    assert_eq!(hub.metrics().dropped(Transport::Ws), 3, "versions 2 to 4");
+}
+
+#[test]
+fn text_frames_are_unmasked_server_frames() {
+    let short = text_frame(b"hi");
+    assert_eq!(&short[..], &[0x81, 2, b'h', b'i']);
+    let long = text_frame(&[b'x'; 300]);
+    assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
+    assert_eq!(long.len(), 304);
+}
