@@ -190,13 +190,7 @@ fn run_round(
 
 /// Writes the topic's newest value to one chunk of followers; the round's last chunk
 /// starts the next round if a value came meanwhile.
-fn run_chunk(
-    topics: &Topics,
-    topic: &Topic,
-    round: u64,
-    chunk: Chunk,
-    metrics: &Arc<Metrics>,
-) {
+fn run_chunk(topics: &Topics, topic: &Topic, round: u64, chunk: Chunk, metrics: &Arc<Metrics>) {
     let latest = lock(topics).get(topic).and_then(|f| f.latest.clone());
     if let Some(snap) = latest {
         for (id, outbox) in chunk {
