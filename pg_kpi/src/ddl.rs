@@ -52,8 +52,7 @@ pub fn create_agg_table(k: &Kpi, t: usize, lz4: bool) -> String {
     } else {
         format!("ALTER TABLE {} {};", k.agg_table_of(t), storage.join(", "))
     };
-    let mut key = vec!["bucket".to_string()];
-    key.extend(k.tier_dim_cols(t));
+    let key = agg_key(k, t);
     format!(
         "CREATE TABLE {agg} ({cols});
          {storage}
@@ -64,6 +63,29 @@ pub fn create_agg_table(k: &Kpi, t: usize, lz4: bool) -> String {
         key = key.join(", "),
         comment = crate::catalog::quote_literal(&format!("pg_kpi: folded state of KPI {}", k.name)),
     )
+}
+
+/// The unique key of tier `t`'s aggregate table, as index expressions: the bucket and
+/// each dimension, text dimensions through `kpi._dim_key` so that values too long for a
+/// btree entry still fit (see `sql/bootstrap.sql`). The fold's `ON CONFLICT` names the
+/// same expressions.
+pub fn agg_key(k: &Kpi, t: usize) -> Vec<String> {
+    let mut key = vec!["bucket".to_string()];
+    for (d, ty) in k.tier_dim_cols(t).iter().zip(&k.dimension_types) {
+        key.push(if is_text_like(ty) {
+            format!("(kpi._dim_key({d}::text))")
+        } else {
+            d.clone()
+        });
+    }
+    key
+}
+
+/// Types whose equality is the equality of their text form, so a key over the text is
+/// exact (`character` compares without trailing spaces, as its cast to text drops them).
+/// Others, such as citext, keep the plain column in the key.
+fn is_text_like(ty: &str) -> bool {
+    matches!(ty, "text" | "character varying" | "character")
 }
 
 /// The columns of tier `t`'s state view, in order (shared by both branches of its UNION).

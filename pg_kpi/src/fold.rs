@@ -135,11 +135,12 @@ fn merge(k: &Kpi, t: usize, entries: &str) -> KpiResult<()> {
     );
     let upsert = format!(
         "INSERT INTO {agg} AS a ({names}) SELECT {merged} FROM {source} e GROUP BY {keys}
-         ON CONFLICT ({keys}) DO UPDATE SET {sets}",
+         ON CONFLICT ({target}) DO UPDATE SET {sets}",
         agg = k.agg_table_of(t),
         names = names.join(", "),
         merged = merged.join(", "),
         keys = keys.join(", "),
+        target = ddl::agg_key(k, t).join(", "),
         sets = sets.join(", "),
     );
     prepared::run(&upsert, &[entries.into()], |_| Ok(()))?;

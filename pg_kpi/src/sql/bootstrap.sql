@@ -39,6 +39,18 @@ CREATE TABLE kpi.deltas (batch bytea NOT NULL);
 ALTER TABLE kpi.deltas SET (vacuum_truncate = false);
 COMMENT ON TABLE kpi.deltas IS 'pg_kpi delta buffer: captured, not yet folded changes (insert-only for writers)';
 
+-- The key of a text dimension value in an aggregate table's unique index. A btree entry
+-- holds about 2,700 bytes, and a longer value would make every fold's upsert fail: values
+-- up to 512 bytes are their own key, longer ones their first 200 characters and a SHA-256
+-- of the whole. The tags ('=' or '#') keep a short value from ever equalling a long
+-- value's key, so distinct values get distinct keys (up to a SHA-256 collision of long
+-- values with the same start).
+CREATE FUNCTION kpi._dim_key(v text) RETURNS text
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    RETURN CASE WHEN octet_length(v) <= 512 THEN '=' || v
+                ELSE '#' || left(v, 200) || encode(sha256(convert_to(v, 'UTF8')), 'hex') END;
+COMMENT ON FUNCTION kpi._dim_key(text) IS 'pg_kpi internal: the index key of a text dimension value';
+
 -- Orders the NOTIFY payloads of successive folds.
 CREATE SEQUENCE kpi.notify_seq;
 
