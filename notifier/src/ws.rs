@@ -380,8 +380,6 @@ impl Session {
         Ok(())
     }
 
-    // `&mut self`, not `&self`: a shared borrow held across an await would require the
-    // session (and its boxed subscription streams) to be `Sync`.
     async fn error<S>(
         &mut self,
         sink: &mut S,
