@@ -194,7 +194,15 @@ fn run_chunk(topics: &Topics, topic: &Topic, round: u64, chunk: Chunk, metrics: 
     let latest = lock(topics).get(topic).and_then(|f| f.latest.clone());
     if let Some(snap) = latest {
         for (id, outbox) in chunk {
-            outbox.deliver(id, &snap, metrics);
+            // A panic under one connection must neither cost the rest of the chunk its
+            // value nor skip the bookkeeping below (the round would never end, and the
+            // topic would get no round again). Free unless something panics.
+            let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                outbox.deliver(id, &snap, metrics)
+            }));
+            if delivered.is_err() {
+                tracing::error!(kpi = %topic.kpi, "delivery to a connection panicked");
+            }
         }
     }
     let next = {
