@@ -1,12 +1,15 @@
 //! Who follows each topic, and the delivery rounds that write new values to them.
 //!
 //! A round writes one topic's newest value to all its followers, in chunks run as tasks
-//! on every worker. At most one round per topic is in flight: a value published during
-//! a round becomes the topic's newest, which the round's later chunks already write,
-//! and one more round follows for the followers the first reached earlier. Starting a
-//! round per value instead lets rounds pile up once values come faster than one round
-//! takes (10,000 clients at 10 values a second on two shared cores is close): the
-//! rounds then contend for the same outboxes, each gets slower, and the delay grows.
+//! on every worker; each chunk writes the value that is newest when it starts. At most
+//! one round per topic is in flight. A value published during a round becomes the
+//! newest: chunks that have not started yet write it anyway, running ones write it once
+//! more right after (they go to the back of the run queue first), and finished ones
+//! start again. Starting a whole round per value instead lets rounds pile up once values
+//! come faster than a round takes (10,000 clients at 10 values a second on two shared
+//! cores is close): they contend for the same outboxes and each gets slower. Waiting for
+//! a round to end before starting the next one instead made a value published early in
+//! a slow round wait for nearly two rounds.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,38 +28,77 @@ pub(super) const CHUNK: usize = 256;
 /// Followers written to by one delivery task.
 type Chunk = Vec<(u64, Arc<Outbox>)>;
 
+/// One chunk of the round in flight.
+struct Slot {
+    members: Arc<Chunk>,
+    /// A task is writing to it, or queued to.
+    busy: bool,
+}
+
 /// One topic's followers and its delivery round.
 #[derive(Default)]
 struct Followers {
     subs: HashMap<u64, Arc<Outbox>>,
-    /// The newest value published: what a round's chunks write when they start.
+    /// The newest value published: what a chunk writes when it starts.
     latest: Option<Arc<Snapshot>>,
-    /// Counts rounds, so a chunk of an old round (the topic was forgotten and followed
-    /// again meanwhile) cannot end the current one.
-    round: u64,
-    /// Chunks of the current round still running; 0 when no round is in flight.
+    /// The chunks of the round in flight; empty when none is. Built from `subs` when a
+    /// round starts, so a follower that leaves during a round is skipped (its outbox is
+    /// closed) and released when the round ends.
+    slots: Vec<Slot>,
+    /// Busy slots; the round ends when none is left.
     running: usize,
-    /// A value was published during the round: another round follows it.
-    again: bool,
+    /// The round in flight, unique in the registry, so a chunk of an old round (the
+    /// topic was forgotten and followed again meanwhile) cannot touch the current one.
+    round: u64,
 }
 
 impl Followers {
-    /// Starts a round: its chunks of followers.
-    fn start_round(&mut self) -> (u64, Vec<Chunk>) {
-        let mut chunks: Vec<Chunk> = Vec::new();
-        let n = self.subs.len();
-        for (i, (id, outbox)) in self.subs.iter().enumerate() {
-            if i % CHUNK == 0 {
-                chunks.push(Vec::with_capacity(CHUNK.min(n - i)));
-            }
-            if let Some(chunk) = chunks.last_mut() {
+    /// The chunks to start for a new value: all of a new round's, or the idle ones of
+    /// the round in flight.
+    fn start(&mut self, rounds: &AtomicU64) -> (u64, Vec<(usize, Arc<Chunk>)>) {
+        if self.running == 0 {
+            self.round = rounds.fetch_add(1, Ordering::Relaxed) + 1;
+            self.slots.clear();
+            let n = self.subs.len();
+            let mut chunk: Chunk = Vec::with_capacity(CHUNK.min(n));
+            for (i, (id, outbox)) in self.subs.iter().enumerate() {
                 chunk.push((*id, outbox.clone()));
+                if chunk.len() == CHUNK || i + 1 == n {
+                    let next = Vec::with_capacity(CHUNK.min(n - i - 1));
+                    let members = Arc::new(std::mem::replace(&mut chunk, next));
+                    self.slots.push(Slot {
+                        members,
+                        busy: false,
+                    });
+                }
             }
         }
-        self.round += 1;
-        self.running = chunks.len();
-        self.again = false;
-        (self.round, chunks)
+        let mut starts = Vec::new();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if !slot.busy {
+                slot.busy = true;
+                starts.push((i, slot.members.clone()));
+            }
+        }
+        self.running += starts.len();
+        (self.round, starts)
+    }
+
+    /// A follower that joins during a round goes into an idle chunk at its end, which
+    /// the round's next value starts (its subscription sent it the current one).
+    fn join_round(&mut self, id: u64, outbox: &Arc<Outbox>) {
+        if self.running == 0 {
+            return;
+        }
+        match self.slots.last_mut() {
+            Some(slot) if !slot.busy && slot.members.len() < CHUNK => {
+                Arc::make_mut(&mut slot.members).push((id, outbox.clone()));
+            }
+            _ => self.slots.push(Slot {
+                members: Arc::new(vec![(id, outbox.clone())]),
+                busy: false,
+            }),
+        }
     }
 }
 
@@ -72,6 +114,7 @@ fn lock(topics: &Topics) -> MutexGuard<'_, HashMap<Topic, Followers>> {
 pub struct Registry {
     topics: Topics,
     next_id: AtomicU64,
+    rounds: AtomicU64,
 }
 
 impl Registry {
@@ -81,11 +124,10 @@ impl Registry {
     }
 
     pub fn add(&self, topic: &Topic, id: u64, outbox: &Arc<Outbox>) {
-        lock(&self.topics)
-            .entry(topic.clone())
-            .or_default()
-            .subs
-            .insert(id, outbox.clone());
+        let mut topics = lock(&self.topics);
+        let f = topics.entry(topic.clone()).or_default();
+        f.subs.insert(id, outbox.clone());
+        f.join_round(id, outbox);
     }
 
     pub fn remove(&self, topic: &Topic, id: u64) {
@@ -107,22 +149,20 @@ impl Registry {
         self.len() == 0
     }
 
-    /// Sends a new value of `topic` to its followers: starts a round, or leaves the
-    /// value to the round in flight (see the module's comment).
+    /// Sends a new value of `topic` to its followers: starts a round, or the idle
+    /// chunks of the round in flight (see the module's comment).
     pub fn deliver(&self, topic: &Topic, snap: &Arc<Snapshot>, metrics: &Arc<Metrics>) {
-        let (round, chunks) = {
+        let (round, starts) = {
             let mut topics = lock(&self.topics);
             let Some(f) = topics.get_mut(topic) else {
                 return;
             };
             f.latest = Some(snap.clone());
-            if f.running > 0 {
-                f.again = true;
-                return;
-            }
-            f.start_round()
+            f.start(&self.rounds)
         };
-        run_round(&self.topics, topic, round, chunks, metrics);
+        for (slot, members) in starts {
+            spawn_chunk(&self.topics, topic, round, slot, members, metrics);
+        }
     }
 
     /// Ends every subscription to a topic `gone` says is gone, telling each client
@@ -162,60 +202,73 @@ impl Registry {
     }
 }
 
-/// Runs a round's chunks as tasks on the runtime (inline without one, in unit tests).
+/// Runs one chunk as a task on the runtime (inline without one, in unit tests).
 ///
-/// The tasks run outside tokio's cooperative budget: every socket write spends from it,
+/// The task runs outside tokio's cooperative budget: every socket write spends from it,
 /// and once a task's 128 units are gone each write says "not ready", which would send
 /// every later follower down the queue-and-wake path. A chunk is a bounded piece of
 /// work, so it cannot starve other tasks for long.
-fn run_round(
+fn spawn_chunk(
     topics: &Topics,
     topic: &Topic,
     round: u64,
-    chunks: Vec<Chunk>,
+    slot: usize,
+    members: Arc<Chunk>,
     metrics: &Arc<Metrics>,
 ) {
-    let runtime = tokio::runtime::Handle::try_current().ok();
-    for chunk in chunks {
-        let (topics, topic, metrics) = (topics.clone(), topic.clone(), metrics.clone());
-        let run = move || run_chunk(&topics, &topic, round, chunk, &metrics);
-        match &runtime {
-            Some(rt) => {
-                rt.spawn(tokio::task::unconstrained(async move { run() }));
-            }
-            None => run(),
+    let (topics, topic, metrics) = (topics.clone(), topic.clone(), metrics.clone());
+    let run = move || run_chunk(&topics, &topic, round, slot, members, &metrics);
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(tokio::task::unconstrained(async move { run() }));
         }
+        Err(_) => run(),
     }
 }
 
-/// Writes the topic's newest value to one chunk of followers; the round's last chunk
-/// starts the next round if a value came meanwhile.
-fn run_chunk(topics: &Topics, topic: &Topic, round: u64, chunk: Chunk, metrics: &Arc<Metrics>) {
+/// Writes the topic's newest value to one chunk of followers; goes again if a newer
+/// one came meanwhile, else leaves the round (the last chunk to leave ends it).
+fn run_chunk(
+    topics: &Topics,
+    topic: &Topic,
+    round: u64,
+    slot: usize,
+    members: Arc<Chunk>,
+    metrics: &Arc<Metrics>,
+) {
     let latest = lock(topics).get(topic).and_then(|f| f.latest.clone());
-    if let Some(snap) = latest {
-        for (id, outbox) in chunk {
-            // A panic under one connection must neither cost the rest of the chunk its
-            // value nor skip the bookkeeping below (the round would never end, and the
-            // topic would get no round again). Free unless something panics.
-            let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                outbox.deliver(id, &snap, metrics)
-            }));
-            if delivered.is_err() {
-                tracing::error!(kpi = %topic.kpi, "delivery to a connection panicked");
-            }
+    let Some(snap) = latest else {
+        return;
+    };
+    for (id, outbox) in members.iter() {
+        // A panic under one connection must neither cost the rest of the chunk its
+        // value nor skip the bookkeeping below (the round would never end, and the
+        // topic would get no round again). Free unless something panics.
+        let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            outbox.deliver(*id, &snap, metrics)
+        }));
+        if delivered.is_err() {
+            tracing::error!(kpi = %topic.kpi, "delivery to a connection panicked");
         }
     }
-    let next = {
+    let again = {
         let mut map = lock(topics);
         let Some(f) = map.get_mut(topic).filter(|f| f.round == round) else {
             return;
         };
-        f.running = f.running.saturating_sub(1);
-        if f.running > 0 || !f.again {
-            return;
+        let newer = f.latest.as_ref().is_some_and(|l| l.seq != snap.seq);
+        if !newer {
+            if let Some(s) = f.slots.get_mut(slot) {
+                s.busy = false;
+            }
+            f.running = f.running.saturating_sub(1);
+            if f.running == 0 {
+                f.slots.clear();
+            }
         }
-        f.start_round()
+        newer
     };
-    let (round, chunks) = next;
-    run_round(topics, topic, round, chunks, metrics);
+    if again {
+        spawn_chunk(topics, topic, round, slot, members, metrics);
+    }
 }

@@ -275,6 +275,32 @@ async fn values_published_during_a_round_are_merged_into_one_more_round() {
     assert_eq!(hub.metrics().dropped(Transport::Ws), 3, "versions 2 to 4");
 }
 
+#[tokio::test]
+async fn a_follower_that_joins_during_a_round_gets_its_next_value() {
+    let hub = Hub::new();
+    publish(&hub, "a", 1);
+    let (_a, _, early) = subscriber(&hub, "a", 64 * 1024);
+    // A round for version 2 is in flight (its task has not run yet) when a second
+    // follower joins (its snapshot is version 2) and version 3 comes.
+    publish(&hub, "a", 2);
+    let (_b, _, late) = subscriber(&hub, "a", 64 * 1024);
+    publish(&hub, "a", 3);
+    let mut ws = client(late).await;
+    let v = next(&mut ws).await;
+    assert_eq!(
+        (v["type"].as_str(), v["version"].as_i64()),
+        (Some("snapshot"), Some(2))
+    );
+    let v = next(&mut ws).await;
+    assert_eq!(
+        (v["type"].as_str(), v["version"].as_i64()),
+        (Some("update"), Some(3))
+    );
+    let mut ws = client(early).await;
+    assert_eq!(next(&mut ws).await["version"], 1);
+    assert_eq!(next(&mut ws).await["version"], 3, "2 was merged into 3");
+}
+
 /// A socket whose writes panic: a bug somewhere under one connection's write.
 struct Panicking;
 
