@@ -12,6 +12,7 @@
 //! | [`config`] | the one configuration struct and its layers (defaults < file < env < flags) |
 //! | [`listen`] | the supervised LISTEN connection: reconnect, reload, coalesced snapshot reads, fold timer |
 //! | [`hub`] | per-KPI `watch` channels: the latest value of each topic, frames serialized once |
+//! | [`cursor`] | what a subscriber has of a topic, and which frame a newer value needs |
 //! | [`fanout`] | each new value written straight into every subscribed WebSocket |
 //! | [`filter`] | dimension filters: subscriptions to a KPI restricted to some dimension values |
 //! | [`protocol`] | client and server messages, error codes, WebSocket close codes |
@@ -31,6 +32,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod cursor;
 pub mod db;
 pub mod error;
 pub mod fanout;

@@ -26,6 +26,7 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamMap;
 
 use crate::config::valid_kpi_name;
+use crate::cursor::{Cursor, Frame};
 use crate::error::ApiError;
 use crate::filter::{self, Topic};
 use crate::http::{AppState, ConnectionGuard};
@@ -107,20 +108,8 @@ pub async fn handler(
             .await
             .map_err(|r| r.into_api(name))?;
         let current = rx.borrow().clone();
-        let since = resume.get(name).copied();
-        let send = since.is_none_or(|s| current.version > s);
-        known.insert(
-            name.clone(),
-            Known {
-                floor: if send {
-                    current.version
-                } else {
-                    since.unwrap_or(current.version)
-                },
-                hub_version: current.version,
-                hub_seq: current.seq,
-            },
-        );
+        let (cursor, send) = Cursor::start(&current, resume.get(name).copied());
+        known.insert(name.clone(), cursor);
         if send {
             initial.push((current.snapshot_frame.clone(), name.clone()));
         }
@@ -200,18 +189,12 @@ pub const LAST_EVENT_ID: header::HeaderName = header::HeaderName::from_static("l
 
 type Sub = BoxStream<'static, Option<Arc<Snapshot>>>;
 
-struct Known {
-    floor: i64,
-    hub_version: i64,
-    hub_seq: u64,
-}
-
 /// The per-client stream state.
 struct EventStream {
     state: AppState,
     names: Vec<String>,
     multi: bool,
-    known: HashMap<String, Known>,
+    known: HashMap<String, Cursor>,
     subs: StreamMap<String, Sub>,
     ticker: tokio::time::Interval,
     shutdown: crate::shutdown::Shutdown,
@@ -260,19 +243,12 @@ impl EventStream {
             );
             return Some(self.event(&Bytes::from(frame), None));
         };
-        let k = self.known.get_mut(kpi)?;
-        metrics.updates_dropped(Transport::Sse, snap.seq.saturating_sub(k.hub_seq + 1));
-        let recreated = snap.version < k.hub_version;
-        k.hub_version = snap.version;
-        k.hub_seq = snap.seq;
-        let frame = if recreated {
-            snap.snapshot_frame.clone()
-        } else if snap.version > k.floor {
-            snap.update_frame.clone()
-        } else {
-            return None;
+        let advance = self.known.get_mut(kpi)?.advance(&snap)?;
+        metrics.updates_dropped(Transport::Sse, advance.skipped);
+        let frame = match advance.frame? {
+            Frame::Snapshot => snap.snapshot_frame.clone(),
+            Frame::Update => snap.update_frame.clone(),
         };
-        k.floor = snap.version;
         metrics.publish_to_send.observe(snap.published_at.elapsed());
         if let Some(at) = snap.notified_at {
             metrics.notify_to_send.observe(at.elapsed());
@@ -286,13 +262,13 @@ impl EventStream {
         let id = match kpi {
             None => String::new(),
             Some(kpi) if !self.multi => {
-                format!("id: {}\n", self.known.get(kpi).map_or(0, |k| k.floor))
+                format!("id: {}\n", self.known.get(kpi).map_or(0, Cursor::floor))
             }
             Some(_) => {
                 let parts: Vec<String> = self
                     .names
                     .iter()
-                    .filter_map(|n| self.known.get(n).map(|k| format!("{n}:{}", k.floor)))
+                    .filter_map(|n| self.known.get(n).map(|k| format!("{n}:{}", k.floor())))
                     .collect();
                 format!("id: {}\n", parts.join(","))
             }

@@ -12,6 +12,7 @@ use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Socket;
+use crate::cursor::{Cursor, Frame};
 use crate::filter::Topic;
 use crate::hub::{Receiver, Snapshot};
 use crate::metrics::{Metrics, Transport};
@@ -19,11 +20,7 @@ use crate::metrics::{Metrics, Transport};
 /// One subscription of a connection: what its client has been sent.
 struct Sub {
     topic: Topic,
-    /// Versions at or below this are not sent (what the client has, or said it has).
-    floor: i64,
-    /// The version and publish counter of the last value seen from the hub.
-    hub_version: i64,
-    hub_seq: u64,
+    cursor: Cursor,
     /// Keeps a filtered topic alive in the hub, which forgets filters nobody receives.
     _rx: Receiver,
 }
@@ -137,20 +134,12 @@ impl Outbox {
             io.subs.remove(old);
         }
         let current = rx.borrow().clone();
-        // A client that already has this version (or a newer one, from a replica that
-        // is ahead) gets nothing until the KPI changes.
-        let send = since.is_none_or(|s| current.version > s);
+        let (cursor, send) = Cursor::start(&current, since);
         io.subs.insert(
             id,
             Sub {
                 topic,
-                floor: if send {
-                    current.version
-                } else {
-                    since.unwrap_or(current.version)
-                },
-                hub_version: current.version,
-                hub_seq: current.seq,
+                cursor,
                 _rx: rx,
             },
         );
@@ -199,23 +188,16 @@ impl Outbox {
             // Not started yet (its snapshot will carry this value) or ended.
             return;
         };
-        if snap.seq <= sub.hub_seq {
-            // Seen already: the snapshot at subscribe carried it, or a later delivery.
-            return;
-        }
-        metrics.updates_dropped(Transport::Ws, snap.seq - sub.hub_seq - 1);
-        let recreated = snap.version < sub.hub_version;
-        sub.hub_version = snap.version;
-        sub.hub_seq = snap.seq;
-        let frame = if recreated {
-            // The KPI was dropped and re-created: its versions started over.
-            snap.snapshot_ws.clone()
-        } else if snap.version > sub.floor {
-            snap.update_ws.clone()
-        } else {
+        // `None`: seen already (the snapshot at subscribe carried it, or a later round).
+        let Some(advance) = sub.cursor.advance(snap) else {
             return;
         };
-        sub.floor = snap.version;
+        metrics.updates_dropped(Transport::Ws, advance.skipped);
+        let frame = match advance.frame {
+            Some(Frame::Snapshot) => snap.snapshot_ws.clone(),
+            Some(Frame::Update) => snap.update_ws.clone(),
+            None => return,
+        };
         let offer = self.offer(&mut io, frame, Some(id));
         drop(io);
         if offer == Offer::Replaced {
