@@ -107,6 +107,8 @@ fn from_row(r: pgrx::spi::SpiHeapTupleData) -> KpiResult<Kpi> {
 }
 
 impl Kpi {
+    /// The KPI `name` as the calling statement sees it (a read-only lookup: the read
+    /// functions' snapshot; not what the same statement has just written).
     pub fn by_name(name: &str) -> KpiResult<Kpi> {
         // Every read function runs this: keep its plan.
         crate::prepared::select(

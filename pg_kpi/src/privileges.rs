@@ -18,9 +18,17 @@ fn extension_owner() -> pg_sys::Oid {
     if let Some(o) = OWNER.with(|o| o.get()) {
         return o;
     }
-    let owner = Spi::get_one::<pg_sys::Oid>(
-        "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_kpi'",
-    )
+    // A read-only select: `Spi::get_one` would run it read-write, which assigns the
+    // caller's transaction an XID (see `deltas::buffer` for why reads must not have one).
+    let owner = Spi::connect(|c| {
+        c.select(
+            "SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'pg_kpi'",
+            Some(1),
+            &[],
+        )?
+        .first()
+        .get_one::<pg_sys::Oid>()
+    })
     .ok()
     .flatten()
     .unwrap_or(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID));

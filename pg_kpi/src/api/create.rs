@@ -372,7 +372,11 @@ pub fn create_kpi(
             ],
         )?
         .ok_or_else(|| KpiError::internal("INSERT … RETURNING id returned nothing"))?;
-        let kpi = Kpi::by_name(name)?;
+        // Read back as the fold does (read-write), which sees the row just inserted; the
+        // read functions' lookups see only their statement's snapshot.
+        let kpi = Kpi::by_ids(&[id])?
+            .pop()
+            .ok_or_else(|| KpiError::internal("the new KPI's definition is not visible"))?;
         // Servers built without lz4 list only pglz here.
         let lz4 = Spi::get_one::<bool>(
             "SELECT 'lz4' = ANY (enumvals) FROM pg_catalog.pg_settings

@@ -18,7 +18,7 @@ const ORIGIN: &str = "'2000-01-01 00:00:00+00'::timestamptz";
 /// Loads a KPI the caller may read.
 fn readable(name: &str) -> KpiResult<Kpi> {
     let kpi = as_extension_owner(|| Kpi::by_name(name))?;
-    let view = Spi::get_one_with_args::<pg_sys::Oid>(
+    let view = prepared::select_one::<pg_sys::Oid>(
         "SELECT to_regclass(format('kpi.%I', $1::text))::oid",
         &[name.into()],
     )?
@@ -199,7 +199,7 @@ fn series(
         let k = readable(name)?;
         let i = k.measure_index(measure)?;
         let dims = dims_filter(&k, &dims.0)?;
-        let span = Spi::get_one_with_args::<i64>(
+        let span = prepared::select_one::<i64>(
             "SELECT greatest((extract(epoch FROM now() - $1) * 1000000)::bigint, 0)",
             &[since.into()],
         )?
@@ -390,7 +390,7 @@ fn pending(kpi_id: i32) -> SetOfIterator<'static, JsonB> {
         // only direct reads of a KPI view need one here.
         if !unsafe { pg_sys::superuser() } {
             let name = as_extension_owner(|| {
-                Spi::get_one_with_args::<String>(
+                prepared::select_one::<String>(
                     "SELECT name FROM kpi.definitions WHERE id = $1",
                     &[kpi_id.into()],
                 )
@@ -400,14 +400,8 @@ fn pending(kpi_id: i32) -> SetOfIterator<'static, JsonB> {
             };
             readable(&name)?;
         }
-        let batches = as_extension_owner(|| {
-            Spi::connect(|c| {
-                c.select("SELECT batch FROM kpi.deltas", None, &[])?
-                    .map(|r| r.get::<Vec<u8>>(1).map(Option::unwrap_or_default))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(KpiError::from)
-            })
-        })?;
+        // In the calling query's snapshot, the one its scan of the aggregate table uses.
+        let batches = deltas::buffer::visible_batches()?;
         // One row per group: entries of many transactions merged.
         let mut merged = Merged::default();
         for batch in &batches {

@@ -203,65 +203,8 @@ fn flush(min_subxact: u32) {
     let Some(batch) = ACC.with(|a| a.borrow_mut().take_batch(min_subxact)) else {
         return;
     };
-    insert_batch(&batch).or_raise();
+    crate::deltas::buffer::append(&batch).or_raise();
     FLUSHED.with(|f| f.set(true));
-}
-
-/// One heap insert into `kpi.deltas`, without SPI or the executor: the table has no
-/// index, trigger, constraint or default, so the executor would add nothing but cost
-/// (and, at pre-commit, the need for a snapshot). Being internal, it is not subject to
-/// the writer's privileges, which do not include the delta buffer.
-fn insert_batch(batch: &[u8]) -> Result<(), KpiError> {
-    unsafe {
-        let rel = open_deltas()?;
-        let mut values = [batch
-            .into_datum()
-            .unwrap_or_else(|| KpiError::internal("bytea").raise())];
-        let mut nulls = [false];
-        let tuple = pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
-        pg_sys::simple_heap_insert(rel, tuple);
-        pg_sys::heap_freetuple(tuple);
-        // The lock is kept until the end of the transaction, as for any insert.
-        pg_sys::table_close(rel, pg_sys::NoLock as i32);
-    }
-    Ok(())
-}
-
-thread_local! {
-    /// The OIDs of `kpi.deltas` and of schema `kpi`, remembered between transactions
-    /// (they change only when the extension is recreated, which `open_deltas` notices).
-    static DELTAS: Cell<(pg_sys::Oid, pg_sys::Oid)> =
-        const { Cell::new((pg_sys::InvalidOid, pg_sys::InvalidOid)) };
-}
-
-/// Opens `kpi.deltas` for insert, looking its OID up only when the remembered one no
-/// longer names it.
-unsafe fn open_deltas() -> Result<pg_sys::Relation, KpiError> {
-    unsafe {
-        let (relid, namespace) = DELTAS.with(Cell::get);
-        if relid != pg_sys::InvalidOid {
-            let rel = pg_sys::try_table_open(relid, pg_sys::RowExclusiveLock as i32);
-            if !rel.is_null() {
-                let class = &*(*rel).rd_rel;
-                let name = std::ffi::CStr::from_ptr(class.relname.data.as_ptr());
-                if name == c"deltas" && class.relnamespace == namespace {
-                    return Ok(rel);
-                }
-                pg_sys::table_close(rel, pg_sys::RowExclusiveLock as i32);
-            }
-        }
-        let namespace = pg_sys::get_namespace_oid(c"kpi".as_ptr(), true);
-        let relid = pg_sys::get_relname_relid(c"deltas".as_ptr(), namespace);
-        if relid == pg_sys::InvalidOid {
-            return Err(KpiError::new(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
-                "kpi.deltas does not exist",
-                "The pg_kpi extension was dropped while KPI triggers still existed; recreate it or drop the triggers named pg_kpi_capture.",
-            ));
-        }
-        DELTAS.with(|c| c.set((relid, namespace)));
-        Ok(pg_sys::table_open(relid, pg_sys::RowExclusiveLock as i32))
-    }
 }
 
 fn register_hooks() {

@@ -9,6 +9,7 @@
 //! SQL the entries as `jsonb` ([`json`]), the form the state views and the fold's
 //! upserts decode.
 
+pub mod buffer;
 pub mod json;
 mod merge;
 mod wire;
