@@ -62,6 +62,17 @@ fn count_of(text: &str) -> Option<(i64, i64)> {
     Some((m.version, m.data?.measures.n.today))
 }
 
+/// User + system CPU seconds process `pid` has used so far.
+fn cpu_secs_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" that ends the command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
 /// The notifier binary in its own process.
 struct NotifierProcess {
     child: Child,
@@ -105,14 +116,7 @@ impl NotifierProcess {
 
     /// User + system CPU seconds used so far.
     fn cpu_secs(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the ")" that ends the command name; utime and stime are 14 and 15.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        ticks / 100.0 // USER_HZ is 100 on Linux
+        cpu_secs_of(self.pid())
     }
 
     async fn wait_ready(&self) {
@@ -416,7 +420,7 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
                         break;
                     }
                     Some(Ok(_)) => continue,
-                    _ => return Vec::new(),
+                    _ => return (Vec::new(), None),
                 }
             }
             drop(permit);
@@ -436,7 +440,9 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
                 }
             };
             let _ = Abortable::new(receive, stop).await;
-            got
+            // The connection stays open until every client is done: 10,000 closes at
+            // once made the last value the slowest of the run, by a factor of two.
+            (got, Some(ws))
         }));
     }
     while connected.load(std::sync::atomic::Ordering::Relaxed) < clients {
@@ -460,6 +466,8 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
     );
 
     let cpu0 = notifier.cpu_secs();
+    // The clients share the notifier's cores: what they take is printed too.
+    let own_cpu0 = cpu_secs_of(std::process::id());
     let stmt = writer
         .prepare("INSERT INTO ticks DEFAULT VALUES")
         .await
@@ -483,8 +491,11 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
     let (mut complete, mut delivered) = (0usize, 0usize);
     // Per value: the first and last client to receive it (the fan-out spread).
     let mut first_last: std::collections::HashMap<i64, (Instant, Instant)> = Default::default();
+    // Closed when this function returns, after the notifier's CPU and RSS are read.
+    let mut open = Vec::with_capacity(clients);
     for h in handles {
-        let got = h.await.unwrap_or_default();
+        let (got, ws) = h.await.unwrap_or_default();
+        open.push(ws);
         if got.last().is_some_and(|(n, _)| *n >= target) {
             complete += 1;
         }
@@ -509,6 +520,7 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
         .collect();
     stopper.abort();
     let cpu = notifier.cpu_secs() - cpu0;
+    let own_cpu = cpu_secs_of(std::process::id()) - own_cpu0;
     let (rss_end, hwm) = notifier.rss_mib();
     println!(
         "  {updates} commits in {write_secs:.1} s; {complete}/{clients} clients got the final value; \
@@ -518,6 +530,27 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
     );
     print_latencies("commit-to-client", lat);
     print_latencies("first-to-last client per value (fan-out spread)", spread);
+    // A p99 over all deliveries is one whole value's worth of them (10,000 of 1,000,000):
+    // one slow value sets it. Name the slowest, by when their last client got them.
+    let mut slowest: Vec<(f64, f64, i64)> = first_last
+        .iter()
+        .filter_map(|(n, (first, last))| {
+            let i = n - base;
+            let commit = commit_at.get(usize::try_from(i - 1).ok()?)?;
+            let ms = |at: &Instant| at.saturating_duration_since(*commit).as_secs_f64() * 1e3;
+            Some((ms(last), ms(first), i))
+        })
+        .collect();
+    slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+    println!(
+        "  slowest values (commit to last client, to first): {}",
+        slowest
+            .iter()
+            .take(5)
+            .map(|(last, first, i)| format!("#{i} {last:.0} ms ({first:.0})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!(
         "  notifier-side: NOTIFY-to-send {} ; publish-to-send {}",
         notifier
@@ -531,7 +564,7 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
     );
     println!(
         "  notifier RSS {rss_busy:.0} MiB during updates, {rss_end:.0} MiB at the end, peak {hwm:.0} MiB; \
-         {cpu:.1} CPU-s over the run ({:.0}% of one core)",
+         {cpu:.1} CPU-s over the run ({:.0}% of one core); the {clients} clients took {own_cpu:.1} CPU-s",
         100.0 * cpu / write_secs.max(0.001)
     );
     println!(
