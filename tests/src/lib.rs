@@ -180,6 +180,40 @@ impl Cluster {
         cluster
     }
 
+    /// A hot standby of this cluster (streaming replication from a base backup), with the
+    /// same options, on a port of its own. Stopped and deleted on drop like any cluster.
+    pub fn start_standby(&self) -> Cluster {
+        let dir = PathBuf::from(format!("{}-standby", self.dir.display()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create standby dir");
+        chown_to_postgres(&dir);
+        let out = pg_command("pg_basebackup")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .args(["-X", "stream", "-R", "--no-sync", "-D"])
+            .arg(dir.join("data"))
+            .output()
+            .expect("run pg_basebackup");
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let standby = Cluster {
+            port: free_port(),
+            dir,
+            options: self.options.clone(),
+        };
+        standby.pg_ctl_start();
+        standby
+    }
+
     fn server_options(&self) -> String {
         let mut opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",

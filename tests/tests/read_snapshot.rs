@@ -239,3 +239,77 @@ fn a_read_sees_its_statement_snapshot_while_others_commit() {
     assert_eq!(row.get::<_, i64>(0), row.get::<_, i64>(1));
     assert_eq!(row.get::<_, i64>(1), 4);
 }
+
+#[test]
+fn reads_work_on_a_hot_standby() {
+    // A read that assigned an XID failed on a standby ("cannot assign TransactionIds
+    // during recovery"): dashboards pointed at a read replica got errors only.
+    let primary = setup();
+    let standby = primary.start_standby();
+    let mut writer = primary.connect();
+    let mut replica = standby.connect();
+    let caught_up = |replica: &mut Client, rows: i64| {
+        wait_for(Duration::from_secs(30), "the standby to replay", || {
+            let n: i64 = replica
+                .query_one("SELECT count(*) FROM sales", &[])
+                .expect("count on the standby")
+                .get(0);
+            (n == rows).then_some(())
+        })
+    };
+    let check = |replica: &mut Client, when: &str, failures: &mut Vec<String>| {
+        for role in [None, Some("reader")] {
+            if let Some(role) = role {
+                replica
+                    .batch_execute(&format!("SET ROLE {role}"))
+                    .expect("SET ROLE");
+            }
+            for (label, read) in READS {
+                let sql = format!("SELECT {read}, {}", truth(label));
+                match replica.query_one(&sql, &[]) {
+                    Ok(row) => {
+                        let (k, t): (Option<i64>, i64) = (row.get(0), row.get(1));
+                        if k != Some(t) {
+                            failures.push(format!("{when}, {label} as {role:?}: {k:?}, table {t}"));
+                        }
+                    }
+                    Err(e) => failures.push(format!(
+                        "{when}, {label} as {role:?}: {}",
+                        describe_error(&e)
+                    )),
+                }
+            }
+            replica.batch_execute("RESET ROLE").expect("RESET ROLE");
+        }
+    };
+    let mut failures = Vec::new();
+
+    // Everything folded on the primary.
+    writer
+        .batch_execute(
+            "INSERT INTO sales(region, v) VALUES ('eu', 2), ('us', 3); SELECT kpi.fold()",
+        )
+        .expect("insert and fold");
+    caught_up(&mut replica, 5);
+    check(&mut replica, "folded", &mut failures);
+
+    // Changes still in the delta buffer: the standby's reads merge them too.
+    writer
+        .execute("SELECT pg_advisory_lock($1)", &[&FOLD_LOCK])
+        .expect("hold the fold lock");
+    primary.exec("INSERT INTO sales(region, v) VALUES ('eu', 4), (NULL, 5)");
+    caught_up(&mut replica, 7);
+    let pending: i64 = replica
+        .query_one("SELECT count(*) FROM kpi.deltas", &[])
+        .expect("kpi.deltas on the standby")
+        .get(0);
+    assert!(
+        pending > 0,
+        "the change was folded before the standby read it"
+    );
+    check(&mut replica, "pending", &mut failures);
+
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let log = standby.server_log();
+    assert!(!log.contains("ERROR"), "the standby logged errors:\n{log}");
+}
