@@ -313,3 +313,62 @@ fn reads_work_on_a_hot_standby() {
     let log = standby.server_log();
     assert!(!log.contains("ERROR"), "the standby logged errors:\n{log}");
 }
+
+#[test]
+fn a_transaction_sees_its_own_changes() {
+    // Captured changes stay in the writing backend's memory until its pre-commit; reads
+    // in that transaction count them, as its reads of the table do.
+    let cluster = setup();
+    let mut c = cluster.connect();
+    c.batch_execute(
+        "BEGIN;
+         INSERT INTO sales(region, v) VALUES ('eu', 10), ('us', 20);
+         UPDATE sales SET region = 'eu' WHERE region = 'us' AND v = 100;
+         DELETE FROM sales WHERE region IS NULL;
+         SAVEPOINT s;
+         INSERT INTO sales(region, v) VALUES ('eu', 1000), ('eu', 2000);
+         ROLLBACK TO SAVEPOINT s;",
+    )
+    .expect("changes");
+    let mut failures = Vec::new();
+    for role in [None, Some("reader")] {
+        if let Some(role) = role {
+            c.batch_execute(&format!("SET LOCAL ROLE {role}"))
+                .expect("SET ROLE");
+        }
+        let mut reads: Vec<(String, String, String)> = READS
+            .iter()
+            .map(|(label, read)| {
+                (
+                    label.to_string(),
+                    read.to_string(),
+                    truth(label).to_string(),
+                )
+            })
+            .collect();
+        reads.push((
+            "the view's sum".into(),
+            "(SELECT sum(total) FROM kpi.sales)::bigint".into(),
+            "(SELECT sum(v) FROM sales)".into(),
+        ));
+        for (label, read, truth) in reads {
+            let row = c
+                .query_one(&format!("SELECT {read}, {truth}::bigint"), &[])
+                .unwrap_or_else(|e| panic!("{label}: {}", describe_error(&e)));
+            let (k, t): (Option<i64>, i64) = (row.get(0), row.get(1));
+            if k != Some(t) {
+                failures.push(format!("{label} as {role:?}: {k:?}, the table says {t}"));
+            }
+        }
+    }
+    c.batch_execute("ROLLBACK").expect("ROLLBACK");
+    // Rolled back: nothing of it is left in the KPI.
+    let row = c
+        .query_one(
+            "SELECT kpi.value('sales', 'n', '1 day')::bigint, (SELECT count(*) FROM sales)",
+            &[],
+        )
+        .expect("read after the rollback");
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (3, 3));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

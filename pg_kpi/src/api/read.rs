@@ -153,7 +153,7 @@ fn window_bounds(k: &Kpi, t: usize, end: &str, window: &str) -> (String, String)
     )
 }
 
-#[pg_extern(schema = "kpi", name = "_value", stable, parallel_safe)]
+#[pg_extern(schema = "kpi", name = "_value", stable, parallel_restricted)]
 fn value(name: &str, measure: &str, window: Interval, dims: JsonB) -> Option<AnyNumeric> {
     (|| -> KpiResult<Option<AnyNumeric>> {
         let k = readable(name)?;
@@ -177,7 +177,7 @@ type SeriesRow = (
 
 // pgrx needs the result columns spelled out in the signature.
 #[allow(clippy::type_complexity)]
-#[pg_extern(schema = "kpi", name = "_series", stable, parallel_safe)]
+#[pg_extern(schema = "kpi", name = "_series", stable, parallel_restricted)]
 fn series(
     name: &str,
     measure: &str,
@@ -273,7 +273,7 @@ fn series(
     TableIterator::new(rows)
 }
 
-#[pg_extern(schema = "kpi", name = "_top", stable, parallel_safe)]
+#[pg_extern(schema = "kpi", name = "_top", stable, parallel_restricted)]
 fn top(
     name: &str,
     measure: &str,
@@ -316,7 +316,7 @@ fn top(
 
 /// Everything a dashboard card needs, in one jsonb (see docs/sql-contract.md), over the
 /// rows whose dimensions equal `dims` (all rows for `{}`).
-#[pg_extern(schema = "kpi", name = "_snapshot", stable, parallel_safe)]
+#[pg_extern(schema = "kpi", name = "_snapshot", stable, parallel_restricted)]
 fn snapshot(name: &str, dims: JsonB) -> JsonB {
     (|| -> KpiResult<JsonB> {
         let k = readable(name)?;
@@ -380,10 +380,15 @@ fn snapshot(name: &str, dims: JsonB) -> JsonB {
     .or_raise()
 }
 
-/// The pending (not yet folded) delta entries of one KPI, for its state view. Runs as
-/// the reader (function calls inside views do): checks they may read the KPI, then
-/// reads the delta buffer with the extension owner's rights.
-#[pg_extern(schema = "kpi", name = "_pending", stable, parallel_safe)]
+/// The pending (not yet folded) delta entries of one KPI, for its state view: those in
+/// the delta buffer the calling query can see, and those the current transaction holds
+/// in memory until its pre-commit. Runs as the reader (function calls inside views do):
+/// checks they may read the KPI, then reads the delta buffer with the extension owner's
+/// rights.
+///
+/// The read functions and this are parallel restricted, not safe: a parallel worker
+/// would not see the leader's in-memory changes.
+#[pg_extern(schema = "kpi", name = "_pending", stable, parallel_restricted)]
 fn pending(kpi_id: i32) -> SetOfIterator<'static, JsonB> {
     let rows = (|| -> KpiResult<Vec<JsonB>> {
         // The read functions call this as the extension owner, after their own check;
@@ -402,8 +407,9 @@ fn pending(kpi_id: i32) -> SetOfIterator<'static, JsonB> {
         }
         // In the calling query's snapshot, the one its scan of the aggregate table uses.
         let batches = deltas::buffer::visible_batches()?;
-        // One row per group: entries of many transactions merged.
+        // One row per group: entries of many transactions merged, and of this one.
         let mut merged = Merged::default();
+        merged.extend(crate::capture::own_pending(kpi_id));
         for batch in &batches {
             let entries = deltas::decode(batch).map_err(KpiError::internal)?;
             merged.extend(

@@ -106,6 +106,23 @@ impl Accumulator {
         Ok(())
     }
 
+    /// The live entries of KPI `kpi` (every subtransaction not rolled back), as groups:
+    /// what this transaction has changed and not yet written to the delta buffer.
+    pub fn entries_of(&self, kpi: i32) -> Vec<(Group, Entry)> {
+        self.entries
+            .iter()
+            .filter(|(key, _)| key.kpi == kpi)
+            .map(|(key, entry)| {
+                let group = Group {
+                    kpi: key.kpi,
+                    bucket_us: key.bucket_us,
+                    dims: key.dims.clone(),
+                };
+                (group, entry.clone())
+            })
+            .collect()
+    }
+
     /// Forgets the deltas of an aborted subtransaction and everything nested in it.
     pub fn abort_subxact(&mut self, subxact: u32) {
         self.entries.retain(|k, _| k.subxact < subxact);

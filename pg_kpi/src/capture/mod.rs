@@ -247,6 +247,13 @@ unsafe extern "C-unwind" fn on_subxact(
     }
 }
 
+/// What this backend's transaction has captured for KPI `kpi` and not yet written to
+/// `kpi.deltas` (that happens at pre-commit): reads add it, so a transaction sees its
+/// own changes in its KPIs as it does in their tables.
+pub fn own_pending(kpi: i32) -> Vec<(crate::deltas::Group, crate::deltas::Entry)> {
+    ACC.with(|a| a.borrow().entries_of(kpi))
+}
+
 /// Writes everything captured so far into `kpi.deltas` now (used before a TRUNCATE
 /// rebuild, which then strips those deltas along with the older ones).
 pub fn flush_pending() {
