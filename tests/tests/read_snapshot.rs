@@ -55,6 +55,17 @@ fn truth(label: &str) -> &'static str {
     }
 }
 
+/// Runs `read` and `truth` in one statement: `None` if they agree, else what went wrong.
+fn disagreement(c: &mut Client, read: &str, truth: &str) -> Option<String> {
+    match c.query_one(&format!("SELECT {read}, {truth}::bigint"), &[]) {
+        Ok(row) => {
+            let (k, t): (Option<i64>, i64) = (row.get(0), row.get(1));
+            (k != Some(t)).then(|| format!("read {k:?}, the table says {t}"))
+        }
+        Err(e) => Some(describe_error(&e)),
+    }
+}
+
 fn setup() -> Cluster {
     let cluster = Cluster::start();
     cluster.exec(SETUP);
@@ -150,11 +161,8 @@ fn reads_run_inside_parallel_queries() {
                 c.batch_execute(&format!("SET ROLE {role}"))
                     .expect("SET ROLE");
             }
-            let sql = format!("SELECT {read} = {}", truth(label));
-            match c.query_one(&sql, &[]) {
-                Ok(row) if row.get::<_, Option<bool>>(0) == Some(true) => {}
-                Ok(_) => failures.push(format!("{label} as {role:?} differs from the table")),
-                Err(e) => failures.push(format!("{label} as {role:?}: {}", describe_error(&e))),
+            if let Some(what) = disagreement(&mut c, read, truth(label)) {
+                failures.push(format!("{label} as {role:?}: {what}"));
             }
         }
     }
@@ -265,18 +273,8 @@ fn reads_work_on_a_hot_standby() {
                     .expect("SET ROLE");
             }
             for (label, read) in READS {
-                let sql = format!("SELECT {read}, {}", truth(label));
-                match replica.query_one(&sql, &[]) {
-                    Ok(row) => {
-                        let (k, t): (Option<i64>, i64) = (row.get(0), row.get(1));
-                        if k != Some(t) {
-                            failures.push(format!("{when}, {label} as {role:?}: {k:?}, table {t}"));
-                        }
-                    }
-                    Err(e) => failures.push(format!(
-                        "{when}, {label} as {role:?}: {}",
-                        describe_error(&e)
-                    )),
+                if let Some(what) = disagreement(replica, read, truth(label)) {
+                    failures.push(format!("{when}, {label} as {role:?}: {what}"));
                 }
             }
             replica.batch_execute("RESET ROLE").expect("RESET ROLE");
@@ -336,28 +334,17 @@ fn a_transaction_sees_its_own_changes() {
             c.batch_execute(&format!("SET LOCAL ROLE {role}"))
                 .expect("SET ROLE");
         }
-        let mut reads: Vec<(String, String, String)> = READS
+        let sum = (
+            "the view's sum",
+            "(SELECT sum(total) FROM kpi.sales)::bigint",
+            "(SELECT sum(v) FROM sales)",
+        );
+        let reads = READS
             .iter()
-            .map(|(label, read)| {
-                (
-                    label.to_string(),
-                    read.to_string(),
-                    truth(label).to_string(),
-                )
-            })
-            .collect();
-        reads.push((
-            "the view's sum".into(),
-            "(SELECT sum(total) FROM kpi.sales)::bigint".into(),
-            "(SELECT sum(v) FROM sales)".into(),
-        ));
-        for (label, read, truth) in reads {
-            let row = c
-                .query_one(&format!("SELECT {read}, {truth}::bigint"), &[])
-                .unwrap_or_else(|e| panic!("{label}: {}", describe_error(&e)));
-            let (k, t): (Option<i64>, i64) = (row.get(0), row.get(1));
-            if k != Some(t) {
-                failures.push(format!("{label} as {role:?}: {k:?}, the table says {t}"));
+            .map(|&(label, read)| (label, read, truth(label)));
+        for (label, read, truth) in reads.chain([sum]) {
+            if let Some(what) = disagreement(&mut c, read, truth) {
+                failures.push(format!("{label} as {role:?}: {what}"));
             }
         }
     }

@@ -19,6 +19,17 @@ pub struct Key {
     pub subxact: u32,
 }
 
+impl From<Key> for Group {
+    /// The group a key's entry belongs to (keys also tell subtransactions apart).
+    fn from(key: Key) -> Group {
+        Group {
+            kpi: key.kpi,
+            bucket_us: key.bucket_us,
+            dims: key.dims,
+        }
+    }
+}
+
 /// What one row contributes to one measure.
 #[derive(Clone, Debug)]
 pub enum Contribution {
@@ -112,14 +123,7 @@ impl Accumulator {
         self.entries
             .iter()
             .filter(|(key, _)| key.kpi == kpi)
-            .map(|(key, entry)| {
-                let group = Group {
-                    kpi: key.kpi,
-                    bucket_us: key.bucket_us,
-                    dims: key.dims.clone(),
-                };
-                (group, entry.clone())
-            })
+            .map(|(key, entry)| (Group::from(key.clone()), entry.clone()))
             .collect()
     }
 
@@ -137,12 +141,7 @@ impl Accumulator {
         // Taken by value, so the dimension values move into the batch uncloned.
         for (key, entry) in self.entries.extract_if(|key, _| key.subxact >= min_subxact) {
             one_subxact &= *first_subxact.get_or_insert(key.subxact) == key.subxact;
-            let group = Group {
-                kpi: key.kpi,
-                bucket_us: key.bucket_us,
-                dims: key.dims,
-            };
-            taken.push((group, entry));
+            taken.push((Group::from(key), entry));
         }
         if taken.is_empty() {
             return None;
