@@ -13,11 +13,13 @@
 //! decoded a value that includes that row.
 #![allow(clippy::unwrap_used)] // a benchmark fails loudly
 
+mod clients;
+
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::{AbortHandle, Abortable};
 use futures::{SinkExt, StreamExt};
 use pg_kpi_e2e::Cluster;
 use serde::Deserialize;
@@ -394,76 +396,29 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
     let base = current_count(&writer, "ticks").await;
     let target = base + updates as i64;
 
-    let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let slots = Arc::new(tokio::sync::Semaphore::new(256));
-    let frame_bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let connect_started = Instant::now();
-    let mut handles = Vec::with_capacity(clients);
-    // Stragglers are stopped by aborting their receive loops: an abort handle is a flag
-    // and a lock-free waker, where selecting on a shared `watch` took a lock for every
-    // message received (the load generator shares the notifier's two cores).
-    let mut aborts = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        let (slots, connected, frame_bytes) =
-            (slots.clone(), connected.clone(), frame_bytes.clone());
-        let (abort, stop) = AbortHandle::new_pair();
-        aborts.push(abort);
-        let port = notifier.port;
-        handles.push(tokio::spawn(async move {
-            let permit = slots.acquire_owned().await.unwrap();
-            let mut ws = ws_connect(port, "f").await;
-            // Wait for the snapshot before counting the client as subscribed.
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Text(t))) => {
-                        frame_bytes.store(t.len(), std::sync::atomic::Ordering::Relaxed);
-                        break;
-                    }
-                    Some(Ok(_)) => continue,
-                    _ => return (Vec::new(), None),
-                }
-            }
-            drop(permit);
-            connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let mut got: Vec<(i64, Instant)> = Vec::with_capacity(updates + 4);
-            let receive = async {
-                while let Some(Ok(m)) = ws.next().await {
-                    if let Message::Text(t) = m {
-                        let now = Instant::now();
-                        if let Some((_, n)) = count_of(t.as_str()) {
-                            got.push((n, now));
-                            if n >= target {
-                                return;
-                            }
-                        }
-                    }
-                }
-            };
-            let _ = Abortable::new(receive, stop).await;
-            // The connection stays open until every client is done: 10,000 closes at
-            // once made the last value the slowest of the run, by a factor of two.
-            (got, Some(ws))
-        }));
-    }
-    while connected.load(std::sync::atomic::Ordering::Relaxed) < clients {
-        if connect_started.elapsed() > Duration::from_secs(300) {
-            println!(
-                "  only {} clients connected after 300 s",
-                connected.load(std::sync::atomic::Ordering::Relaxed)
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let port = notifier.port;
+    let (subscribed, frame_bytes) =
+        tokio::task::spawn_blocking(move || clients::connect(port, "f", clients, 2 * threads))
+            .await
+            .unwrap();
     let (rss_idle, _) = notifier.rss_mib();
     println!(
-        "  {} clients connected and subscribed in {:.1} s ({}-byte frames); notifier RSS {:.0} MiB before, {:.0} MiB with all clients idle",
-        connected.load(std::sync::atomic::Ordering::Relaxed),
+        "  {} clients connected and subscribed in {:.1} s ({frame_bytes}-byte frames); notifier RSS {rss0:.0} MiB before, {rss_idle:.0} MiB with all clients idle",
+        subscribed.len(),
         connect_started.elapsed().as_secs_f64(),
-        frame_bytes.load(std::sync::atomic::Ordering::Relaxed),
-        rss0,
-        rss_idle
     );
+    // Stragglers are stopped 60 s after the last commit.
+    let stop = Arc::new(AtomicBool::new(false));
+    let receivers = {
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || {
+            clients::Receivers::start(subscribed, target, updates + 4, threads, &stop)
+        })
+        .await
+        .unwrap()
+    };
 
     let cpu0 = notifier.cpu_secs();
     // The clients share the notifier's cores: what they take is printed too.
@@ -483,23 +438,27 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
     let write_secs = started.elapsed().as_secs_f64();
     let (rss_busy, _) = notifier.rss_mib();
     // Give stragglers time to get the final value, then stop the rest.
-    let stopper = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        aborts.iter().for_each(AbortHandle::abort);
-    });
+    let stopper = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    // Closed when this function returns, after the notifier's CPU and RSS are read.
+    let received = tokio::task::spawn_blocking(move || receivers.join())
+        .await
+        .unwrap();
     let mut lat = Vec::with_capacity(clients * updates);
     let (mut complete, mut delivered) = (0usize, 0usize);
     // Per value: the first and last client to receive it (the fan-out spread).
     let mut first_last: std::collections::HashMap<i64, (Instant, Instant)> = Default::default();
-    // Closed when this function returns, after the notifier's CPU and RSS are read.
-    let mut open = Vec::with_capacity(clients);
-    for h in handles {
-        let (got, ws) = h.await.unwrap_or_default();
-        open.push(ws);
+    for client in &received {
+        let got = &client.got;
         if got.last().is_some_and(|(n, _)| *n >= target) {
             complete += 1;
         }
-        for (n, at) in got {
+        for &(n, at) in got {
             let i = n - base;
             if i >= 1 && (i as usize) <= commit_at.len() {
                 delivered += 1;
