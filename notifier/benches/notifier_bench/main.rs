@@ -13,7 +13,9 @@
 //! decoded a value that includes that row.
 #![allow(clippy::unwrap_used)] // a benchmark fails loudly
 
+mod baseline;
 mod clients;
+mod rounds;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -395,6 +397,12 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
     }
     let base = current_count(&writer, "ticks").await;
     let target = base + updates as i64;
+    let frame_len = snapshot_len(notifier.port, "f").await;
+    let before =
+        tokio::task::spawn_blocking(move || baseline::run(clients, hz, updates, frame_len))
+            .await
+            .unwrap();
+    print_baseline("before", &before);
 
     let connect_started = Instant::now();
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -449,67 +457,20 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
     let received = tokio::task::spawn_blocking(move || receivers.join())
         .await
         .unwrap();
-    let mut lat = Vec::with_capacity(clients * updates);
-    let (mut complete, mut delivered) = (0usize, 0usize);
-    // Per value: the first and last client to receive it (the fan-out spread).
-    let mut first_last: std::collections::HashMap<i64, (Instant, Instant)> = Default::default();
-    for client in &received {
-        let got = &client.got;
-        if got.last().is_some_and(|(n, _)| *n >= target) {
-            complete += 1;
-        }
-        for &(n, at) in got {
-            let i = n - base;
-            if i >= 1 && (i as usize) <= commit_at.len() {
-                delivered += 1;
-                lat.push(
-                    at.saturating_duration_since(commit_at[i as usize - 1])
-                        .as_secs_f64()
-                        * 1e3,
-                );
-                let e = first_last.entry(n).or_insert((at, at));
-                e.0 = e.0.min(at);
-                e.1 = e.1.max(at);
-            }
-        }
-    }
-    let spread: Vec<f64> = first_last
-        .values()
-        .map(|(a, b)| b.duration_since(*a).as_secs_f64() * 1e3)
-        .collect();
+    let rounds = rounds::Rounds::of(&received, base, &commit_at);
     stopper.abort();
     let cpu = notifier.cpu_secs() - cpu0;
     let own_cpu = cpu_secs_of(std::process::id()) - own_cpu0;
     let (rss_end, hwm) = notifier.rss_mib();
     println!(
-        "  {updates} commits in {write_secs:.1} s; {complete}/{clients} clients got the final value; \
-         {delivered} deliveries = {:.1}% of {} possible (the rest skipped to a newer value)",
-        100.0 * delivered as f64 / (clients * updates) as f64,
+        "  {updates} commits in {write_secs:.1} s; {}/{clients} clients got the final value; \
+         {} deliveries = {:.1}% of {} possible (the rest skipped to a newer value)",
+        rounds.complete,
+        rounds.delivered,
+        100.0 * rounds.delivered as f64 / (clients * updates) as f64,
         clients * updates
     );
-    print_latencies("commit-to-client", lat);
-    print_latencies("first-to-last client per value (fan-out spread)", spread);
-    // A p99 over all deliveries is one whole value's worth of them (10,000 of 1,000,000):
-    // one slow value sets it. Name the slowest, by when their last client got them.
-    let mut slowest: Vec<(f64, f64, i64)> = first_last
-        .iter()
-        .filter_map(|(n, (first, last))| {
-            let i = n - base;
-            let commit = commit_at.get(usize::try_from(i - 1).ok()?)?;
-            let ms = |at: &Instant| at.saturating_duration_since(*commit).as_secs_f64() * 1e3;
-            Some((ms(last), ms(first), i))
-        })
-        .collect();
-    slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
-    println!(
-        "  slowest values (commit to last client, to first): {}",
-        slowest
-            .iter()
-            .take(5)
-            .map(|(last, first, i)| format!("#{i} {last:.0} ms ({first:.0})"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    rounds.print("commit");
     println!(
         "  notifier-side: NOTIFY-to-send {} ; publish-to-send {}",
         notifier
@@ -535,6 +496,44 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
             .metric("kpi_notifier_updates_dropped_total{transport=\"ws\"}")
             .await
     );
+    drop(received);
+    let after = tokio::task::spawn_blocking(move || baseline::run(clients, hz, updates, frame_len))
+        .await
+        .unwrap();
+    print_baseline("after", &after);
+    let floor = |f: fn(&rounds::Rounds) -> f64| (f(&before.rounds) + f(&after.rounds)) / 2.0;
+    println!(
+        "  notifier / baseline (mean of before and after): p99 {:.1} / {:.1} ms = {:.2}; spread p50 {:.1} / {:.1} ms = {:.2}",
+        rounds.p99(),
+        floor(rounds::Rounds::p99),
+        rounds.p99() / floor(rounds::Rounds::p99),
+        rounds.spread_p50(),
+        floor(rounds::Rounds::spread_p50),
+        rounds.spread_p50() / floor(rounds::Rounds::spread_p50),
+    );
+}
+
+/// The length of a KPI's snapshot message, as a client receives it.
+async fn snapshot_len(port: u16, kpi: &str) -> usize {
+    let mut ws = ws_connect(port, kpi).await;
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Text(t) = m {
+            return t.len();
+        }
+    }
+    panic!("no snapshot of {kpi}");
+}
+
+fn print_baseline(when: &str, run: &baseline::Run) {
+    println!(
+        "  baseline {when} (a bare server writing the same frames to the same clients; see baseline.rs): \
+         {}/{} deliveries, server {:.1} CPU-s, clients {:.1} CPU-s",
+        run.rounds.delivered,
+        run.possible,
+        run.server_cpu,
+        run.clients_cpu
+    );
+    run.rounds.print("tick");
 }
 
 fn nofile_limit() -> String {
@@ -551,6 +550,11 @@ fn nofile_limit() -> String {
 }
 
 fn main() {
+    // Re-run as the fan-out baseline's server (see baseline.rs).
+    if let Ok(frame_len) = std::env::var(baseline::SERVER_ENV) {
+        baseline::serve(frame_len.parse().unwrap_or(300));
+        return;
+    }
     // `cargo bench` passes --bench; nothing here takes arguments.
     println!(
         "pg_kpi notifier benchmarks (open files soft/hard limit: {})",
