@@ -49,6 +49,8 @@ pub struct Outbox {
     session: AtomicWaker,
     /// The session's own writes wait for the queue to drain beyond this many bytes.
     max_queued: usize,
+    /// Where the boxed socket lives, for [`Outbox::prefetch`] (the box never moves).
+    socket_at: usize,
 }
 
 /// What became of a frame offered to the socket.
@@ -60,24 +62,52 @@ enum Offer {
     Replaced,
 }
 
-/// A connection's subscriptions, by id. A list, not a map: a connection has a few, and
-/// the fan-out finds one in a single cache line where a hash map costs two misses (its
-/// control bytes, then the entry) for each of 10,000 connections per value.
+/// A connection's subscriptions, by id. Not a map: a connection has a few, and a hash
+/// map costs two cache misses (its control bytes, then the entry) for each of 10,000
+/// connections per value. Nearly every connection has one, kept inline, in the outbox's
+/// own memory, which a delivery round prefetches (see [`Outbox::prefetch`]); any more
+/// go in a list.
 #[derive(Default)]
-struct Subs(Vec<(u64, Sub)>);
+struct Subs {
+    first: Option<(u64, Sub)>,
+    more: Vec<(u64, Sub)>,
+}
 
 impl Subs {
+    fn iter(&self) -> impl Iterator<Item = &(u64, Sub)> {
+        self.first.iter().chain(&self.more)
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.more.len()
+    }
+
     fn get_mut(&mut self, id: u64) -> Option<&mut Sub> {
-        self.0.iter_mut().find(|(i, _)| *i == id).map(|(_, s)| s)
+        match &mut self.first {
+            Some((i, s)) if *i == id => Some(s),
+            _ => self.more.iter_mut().find(|(i, _)| *i == id).map(|(_, s)| s),
+        }
     }
 
     fn remove(&mut self, id: u64) -> Option<Sub> {
-        let at = self.0.iter().position(|(i, _)| *i == id)?;
-        Some(self.0.swap_remove(at).1)
+        if self.first.as_ref().is_some_and(|(i, _)| *i == id) {
+            let (_, sub) = std::mem::replace(&mut self.first, self.more.pop())?;
+            return Some(sub);
+        }
+        let at = self.more.iter().position(|(i, _)| *i == id)?;
+        Some(self.more.swap_remove(at).1)
     }
 
     fn insert(&mut self, id: u64, sub: Sub) {
-        self.0.push((id, sub));
+        if self.first.is_none() {
+            self.first = Some((id, sub));
+        } else {
+            self.more.push((id, sub));
+        }
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = (u64, Sub)> + '_ {
+        self.first.take().into_iter().chain(self.more.drain(..))
     }
 }
 
@@ -87,9 +117,11 @@ pub struct Dropped;
 
 impl Outbox {
     pub fn new(socket: impl Socket, max_queued: usize) -> Arc<Outbox> {
+        let socket: Box<dyn Socket> = Box::new(socket);
+        let socket_at = (&*socket as *const dyn Socket).cast::<u8>() as usize;
         Arc::new(Outbox {
             io: Mutex::new(Io {
-                socket: Box::new(socket),
+                socket,
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 subs: Subs::default(),
@@ -97,7 +129,28 @@ impl Outbox {
             }),
             session: AtomicWaker::new(),
             max_queued,
+            socket_at,
         })
+    }
+
+    /// Asks the CPU to load this outbox's memory (its lock, queue, first subscription)
+    /// and its socket's ahead of a delivery. A round walks 10,000 outboxes that nothing
+    /// has touched since the last value, and waiting for their cache lines was most of
+    /// the notifier's own time per delivery; the round prefetches the next connection
+    /// while the kernel sends to this one. A hint: it neither faults nor writes.
+    pub fn prefetch(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let start = (self as *const Outbox).cast::<i8>();
+            for line in (0..std::mem::size_of::<Outbox>()).step_by(64) {
+                // SAFETY: a prefetch reads nothing architecturally and cannot fault,
+                // whatever the address.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(line)) };
+            }
+            // SAFETY: as above.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(self.socket_at as *const i8) };
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Io> {
@@ -126,7 +179,6 @@ impl Outbox {
         let mut io = self.lock();
         let replaced = io
             .subs
-            .0
             .iter()
             .find(|(_, s)| s.topic == topic)
             .map(|(id, _)| *id);
@@ -143,8 +195,7 @@ impl Outbox {
                 _rx: rx,
             },
         );
-        let queued =
-            send && self.offer(&mut io, current.snapshot_ws.clone(), None) != Offer::Written;
+        let queued = send && self.offer(&mut io, &current.snapshot_ws, None) != Offer::Written;
         drop(io);
         if send {
             metrics.message_sent(Transport::Ws);
@@ -160,7 +211,6 @@ impl Outbox {
         let mut io = self.lock();
         let ids: Vec<u64> = io
             .subs
-            .0
             .iter()
             .filter(|(_, s)| ends(&s.topic))
             .map(|(id, _)| *id)
@@ -173,8 +223,8 @@ impl Outbox {
     /// Whether the connection follows `topic`, and how many topics it follows.
     pub fn follows(&self, topic: &Topic) -> (bool, usize) {
         let io = self.lock();
-        let subs = &io.subs.0;
-        (subs.iter().any(|(_, s)| &s.topic == topic), subs.len())
+        let follows = io.subs.iter().any(|(_, s)| &s.topic == topic);
+        (follows, io.subs.len())
     }
 
     /// Sends `snap` to subscription `id` if the client does not have it: at once when
@@ -194,8 +244,8 @@ impl Outbox {
         };
         metrics.updates_dropped(Transport::Ws, advance.skipped);
         let frame = match advance.frame {
-            Some(Frame::Snapshot) => snap.snapshot_ws.clone(),
-            Some(Frame::Update) => snap.update_ws.clone(),
+            Some(Frame::Snapshot) => &snap.snapshot_ws,
+            Some(Frame::Update) => &snap.update_ws,
             None => return,
         };
         let offer = self.offer(&mut io, frame, Some(id));
@@ -224,7 +274,7 @@ impl Outbox {
         if io.closed || io.subs.remove(id).is_none() {
             return false;
         }
-        let offer = self.offer(&mut io, error.clone(), None);
+        let offer = self.offer(&mut io, error, None);
         drop(io);
         if offer != Offer::Written {
             self.session.wake();
@@ -237,19 +287,23 @@ impl Outbox {
     pub fn close(&self) -> Vec<(u64, Topic)> {
         let mut io = self.lock();
         io.closed = true;
-        io.subs.0.drain(..).map(|(id, s)| (id, s.topic)).collect()
+        io.subs.drain().map(|(id, s)| (id, s.topic)).collect()
     }
 
     /// Writes `frame` now if nothing is queued and the socket takes all of it; queues
     /// it (or what is left of it) otherwise, in place of an older value of subscription
     /// `sub` that is still waiting. Unless written, the caller wakes the session once
     /// the lock is released.
-    fn offer(&self, io: &mut Io, frame: Bytes, sub: Option<u64>) -> Offer {
+    ///
+    /// Borrowed, and cloned only to be queued: a value's frame is one buffer shared by
+    /// every connection, and a clone and drop per delivery would bounce its reference
+    /// count between the cores writing it.
+    fn offer(&self, io: &mut Io, frame: &Bytes, sub: Option<u64>) -> Offer {
         if io.queue.is_empty() {
             // A no-op waker: when the socket is full, the session is woken instead, and
             // it registers its own waker when it drains.
             let mut cx = Context::from_waker(futures::task::noop_waker_ref());
-            match Pin::new(&mut io.socket).poll_write(&mut cx, &frame) {
+            match Pin::new(&mut io.socket).poll_write(&mut cx, frame) {
                 Poll::Ready(Ok(n)) if n == frame.len() => return Offer::Written,
                 Poll::Ready(Ok(n)) => {
                     // Part of it is on the wire: the rest must follow, whatever comes.
@@ -258,7 +312,7 @@ impl Outbox {
                 }
                 // The session's drain meets the error again and ends the session.
                 Poll::Ready(Err(_)) | Poll::Pending => {
-                    io.push(frame, sub);
+                    io.push(frame.clone(), sub);
                     return Offer::Queued;
                 }
             }
@@ -266,13 +320,13 @@ impl Outbox {
         // Only frames none of which is written carry their subscription.
         match sub.and_then(|id| io.queue.iter_mut().find(|q| q.sub == Some(id))) {
             Some(waiting) => {
-                let old = std::mem::replace(&mut waiting.bytes, frame);
+                let old = std::mem::replace(&mut waiting.bytes, frame.clone());
                 let new_len = waiting.bytes.len();
                 io.queued_bytes = io.queued_bytes + new_len - old.len();
                 Offer::Replaced
             }
             None => {
-                io.push(frame, sub);
+                io.push(frame.clone(), sub);
                 Offer::Queued
             }
         }

@@ -240,7 +240,10 @@ fn run_chunk(
     let Some(snap) = latest else {
         return;
     };
-    for (id, outbox) in members.iter() {
+    for (i, (id, outbox)) in members.iter().enumerate() {
+        if let Some((_, next)) = members.get(i + 1) {
+            next.prefetch();
+        }
         // A panic under one connection must neither cost the rest of the chunk its
         // value nor skip the bookkeeping below (the round would never end, and the
         // topic would get no round again). Free unless something panics.

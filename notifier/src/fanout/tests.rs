@@ -214,6 +214,79 @@ async fn a_dropped_kpi_ends_its_subscriptions_with_one_error_each() {
 }
 
 #[tokio::test]
+async fn a_connections_subscriptions_survive_the_first_ones_end() {
+    let hub = Hub::new();
+    for kpi in ["a", "b", "c"] {
+        publish(&hub, kpi, 1);
+    }
+    let (server, pipe) = tokio::io::duplex(64 * 1024);
+    let outbox = Outbox::new(server, 64 * 1024);
+    let metrics = Metrics::default();
+    let mut ids = Vec::new();
+    for kpi in ["a", "b", "c"] {
+        let id = hub.fanout.next_id();
+        hub.fanout.add(&topic(kpi), id, &outbox);
+        let rx = hub.subscribe(kpi).unwrap();
+        assert_eq!(
+            outbox
+                .subscribe(id, topic(kpi), rx, None, &metrics)
+                .unwrap(),
+            None
+        );
+        ids.push(id);
+    }
+    assert_eq!(outbox.follows(&topic("c")), (true, 3));
+    // The first subscription (kept inline) ends; the others go on, each its own way.
+    let ended = outbox.unsubscribe(|t| t.kpi.as_str() == "a");
+    assert_eq!(ended, vec![(ids[0], topic("a"))]);
+    hub.fanout.remove(&topic("a"), ids[0]);
+    assert_eq!(outbox.follows(&topic("a")), (false, 2));
+    for kpi in ["a", "b", "c"] {
+        publish(&hub, kpi, 2);
+        tokio::task::yield_now().await;
+    }
+    // Subscribing again to a followed topic replaces that subscription.
+    let id = hub.fanout.next_id();
+    hub.fanout.add(&topic("c"), id, &outbox);
+    let rx = hub.subscribe("c").unwrap();
+    assert_eq!(
+        outbox
+            .subscribe(id, topic("c"), rx, Some(2), &metrics)
+            .unwrap(),
+        Some(ids[2])
+    );
+    hub.fanout.remove(&topic("c"), ids[2]);
+    publish(&hub, "c", 3);
+    tokio::task::yield_now().await;
+    let mut ws = client(pipe).await;
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        let v = next(&mut ws).await;
+        got.push((
+            v["type"].as_str().unwrap().to_string(),
+            v["kpi"].as_str().unwrap().to_string(),
+            v["version"].as_i64().unwrap(),
+        ));
+    }
+    let expect = [
+        ("snapshot", "a", 1),
+        ("snapshot", "b", 1),
+        ("snapshot", "c", 1),
+        ("update", "b", 2),
+        ("update", "c", 2),
+        ("update", "c", 3),
+    ];
+    let expect: Vec<_> = expect
+        .iter()
+        .map(|(t, k, v)| (t.to_string(), k.to_string(), *v))
+        .collect();
+    assert_eq!(got, expect);
+    let mut left = outbox.close();
+    left.sort_by_key(|(id, _)| *id);
+    assert_eq!(left, vec![(ids[1], topic("b")), (id, topic("c"))]);
+}
+
+#[tokio::test]
 async fn a_closed_outbox_takes_no_more_values() {
     let hub = Hub::new();
     publish(&hub, "a", 1);
