@@ -240,9 +240,17 @@ fn run_chunk(
     let Some(snap) = latest else {
         return;
     };
+    if let Some((_, first)) = members.get(1) {
+        first.prefetch();
+    }
     for (i, (id, outbox)) in members.iter().enumerate() {
+        // Memory two connections ahead, then the socket of the next one (whose address
+        // the first prefetch brought in): both arrive while the kernel sends to this one.
+        if let Some((_, later)) = members.get(i + 2) {
+            later.prefetch();
+        }
         if let Some((_, next)) = members.get(i + 1) {
-            next.prefetch();
+            next.prefetch_socket();
         }
         // A panic under one connection must neither cost the rest of the chunk its
         // value nor skip the bookkeeping below (the round would never end, and the
