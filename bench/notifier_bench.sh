@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Notifier benchmarks: freshness (commit-to-client latency under 2,000 single-row
 # INSERTs/s) and fan-out (10,000 WebSocket clients on a KPI updated 10x/s: delivery
-# latency and notifier RSS). Prints its results; asserts nothing.
+# latency and notifier RSS), with a bare-server baseline of the fan-out before and after
+# the notifier's run (the same clients and frames; notifier/benches/notifier_bench/
+# baseline.rs) and the notifier's figures as ratios over it. Prints; asserts nothing.
 #
 # Needs pg_kpi installed into the system Postgres (cargo pgrx install --release).
 # Knobs (environment): FRESH_RATE, FRESH_SECS, FANOUT_CLIENTS, FANOUT_HZ, FANOUT_SECS,
