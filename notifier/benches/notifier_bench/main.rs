@@ -150,6 +150,19 @@ impl NotifierProcess {
 }
 
 impl NotifierProcess {
+    /// The notifier's own view: NOTIFY-to-send and publish-to-send p50 and p99.
+    async fn print_send_latency(&self) {
+        println!(
+            "  notifier-side: NOTIFY-to-send {} ; publish-to-send {}",
+            self.histogram_ms("notify_to_send_seconds", &[0.5, 0.99])
+                .await
+                .join(" "),
+            self.histogram_ms("publish_to_send_seconds", &[0.5, 0.99])
+                .await
+                .join(" ")
+        );
+    }
+
     /// Approximate quantiles (bucket upper bounds) of a notifier histogram, in ms.
     async fn histogram_ms(&self, name: &str, qs: &[f64]) -> Vec<String> {
         let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
@@ -350,17 +363,7 @@ async fn freshness(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
         "  worst commit-to-client by second of the run (ms): {}",
         worst.join(" ")
     );
-    println!(
-        "  notifier-side: NOTIFY-to-send {} ; publish-to-send {}",
-        notifier
-            .histogram_ms("notify_to_send_seconds", &[0.5, 0.99])
-            .await
-            .join(" "),
-        notifier
-            .histogram_ms("publish_to_send_seconds", &[0.5, 0.99])
-            .await
-            .join(" ")
-    );
+    notifier.print_send_latency().await;
 }
 
 async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
@@ -471,17 +474,7 @@ async fn fanout(cluster: &Arc<Cluster>, notifier: &NotifierProcess) {
         clients * updates
     );
     rounds.print("commit");
-    println!(
-        "  notifier-side: NOTIFY-to-send {} ; publish-to-send {}",
-        notifier
-            .histogram_ms("notify_to_send_seconds", &[0.5, 0.99])
-            .await
-            .join(" "),
-        notifier
-            .histogram_ms("publish_to_send_seconds", &[0.5, 0.99])
-            .await
-            .join(" ")
-    );
+    notifier.print_send_latency().await;
     println!(
         "  notifier RSS {rss_busy:.0} MiB during updates, {rss_end:.0} MiB at the end, peak {hwm:.0} MiB; \
          {cpu:.1} CPU-s over the run ({:.0}% of one core); the {clients} clients took {own_cpu:.1} CPU-s",
