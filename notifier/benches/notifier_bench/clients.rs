@@ -65,6 +65,8 @@ impl Write for EdgeSocket {
 pub struct Client {
     ws: WebSocket<EdgeSocket>,
     pub got: Vec<(i64, Instant)>,
+    /// The longest message received after the snapshot, in bytes.
+    pub longest: usize,
     /// Has the final value, or its connection failed.
     done: bool,
 }
@@ -122,6 +124,7 @@ fn connect_one(port: u16, kpi: &str) -> (Client, usize) {
     let client = Client {
         ws,
         got: Vec::new(),
+        longest: 0,
         done: false,
     };
     (client, len)
@@ -219,6 +222,7 @@ fn drain(c: &mut Client, target: i64) -> bool {
         match c.ws.read() {
             Ok(Message::Text(t)) => {
                 let now = Instant::now();
+                c.longest = c.longest.max(t.len());
                 if let Some((_, n)) = super::count_of(t.as_str()) {
                     c.got.push((n, now));
                     if n >= target && !c.done {

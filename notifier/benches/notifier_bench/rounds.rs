@@ -18,6 +18,8 @@ pub struct Rounds {
     pub delivered: usize,
     /// (ms to the last client, ms to the first, value number), slowest first.
     pub slowest: Vec<(f64, f64, i64)>,
+    /// The longest message any client received, in bytes.
+    pub longest: usize,
 }
 
 impl Rounds {
@@ -52,6 +54,7 @@ impl Rounds {
             .collect();
         slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
         Rounds {
+            longest: received.iter().map(|c| c.longest).max().unwrap_or(0),
             latency,
             spread,
             complete,
@@ -70,6 +73,7 @@ impl Rounds {
 
     /// Prints the latency and spread lines, and the slowest values.
     pub fn print(&self, made: &str) {
+        println!("  messages up to {} bytes", self.longest);
         print_latencies(&format!("{made}-to-client"), self.latency.clone());
         print_latencies(
             "first-to-last client per value (fan-out spread)",
