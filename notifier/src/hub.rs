@@ -188,10 +188,11 @@ impl Hub {
         &self.metrics
     }
 
-    /// A hub whose fan-out counts into `metrics`.
+    /// A hub whose fan-out counts into `metrics` and runs on the current runtime.
     pub fn with_metrics(metrics: Arc<Metrics>) -> Hub {
         Hub {
             metrics,
+            fanout: Registry::on_current_runtime(),
             ..Hub::default()
         }
     }

@@ -131,7 +131,7 @@ pub async fn serve(
         fold_interval_ms = state.config.fold_interval_ms,
         "notifier listening"
     );
-    let listen_task = tokio::spawn(supervisor.run(flag.clone()));
+    let listen_thread = supervisor.spawn(flag.clone())?;
     // The caller's future only fires the flag; everything else watches the flag.
     let watcher = tokio::spawn(async move {
         shutdown.await;
@@ -152,7 +152,11 @@ pub async fn serve(
             "shutdown grace period over; dropping open connections"
         );
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), listen_task).await;
+    // The LISTEN thread sees the same flag; give it 5 s, then leave it to the exit.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !listen_thread.is_finished() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     watcher.abort();
     tracing::info!("notifier stopped");
     result.map_err(ServeError::Io)

@@ -126,6 +126,23 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// Runs the supervisor ([`Listener::run`]) on a thread and runtime of its own, so
+    /// that a new value is read and published as soon as its NOTIFY comes, however busy
+    /// the server's runtime is. On a shared one, a delivery round of 10,000 clients
+    /// queues some forty tasks ahead of the LISTEN connection's, and tokio looks at the
+    /// sockets only between them: a value committed during a long round waited for it
+    /// to end before it was even read, and on a slow machine the next round started
+    /// late, and the next, each value later than the one before. Rounds still run on
+    /// the server's runtime (the hub's registry holds it), so this thread only reads.
+    pub fn spawn(self, shutdown: Shutdown) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("kpi-listen".into())
+            .spawn(move || runtime.block_on(self.run(shutdown)))
+    }
+
     /// Runs until shutdown, reconnecting forever.
     pub async fn run(self, mut shutdown: Shutdown) {
         let min = Duration::from_millis(self.db.reconnect_min_ms);

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use pg_kpi_e2e::Cluster;
@@ -378,4 +378,58 @@ async fn a_dropped_and_recreated_kpi_is_followed_from_its_new_versions() {
     };
     assert_eq!(measures(&v["data"]), measures(&db));
     assert_eq!(db["measures"]["n"]["today"], json!(5));
+}
+
+/// A value is read and published as soon as its NOTIFY comes, even while every thread of
+/// the server's runtime is busy, as in a delivery round to 10,000 clients: the change
+/// feed runs on a thread and runtime of its own.
+#[test]
+fn values_are_published_while_the_server_runtime_is_busy() {
+    // One worker, which the test keeps busy the way a long delivery round would.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let cluster = cluster().await;
+        exec(&cluster, SETUP).await;
+        let (trigger, flag) = notifier::shutdown::channel();
+        let (state, listener) = notifier::state(config(&cluster), flag.clone()).unwrap();
+        let feed = listener.spawn(flag).unwrap();
+        let hub = state.hub.clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while hub.current("k").is_none() {
+            assert!(Instant::now() < deadline, "the feed never loaded KPI k");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let before = hub.current("k").unwrap().version;
+        let busy = tokio::spawn(async move {
+            // Blocks the only worker until the value is in the hub (or 20 s pass).
+            let c = cluster.clone();
+            let writer = std::thread::spawn(move || c.exec("INSERT INTO orders(v) VALUES (5)"));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut published = None;
+            while published.is_none() && Instant::now() < deadline {
+                published = hub.current("k").filter(|s| s.version > before);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            writer.join().unwrap();
+            published
+        });
+        let snap = busy
+            .await
+            .unwrap()
+            .expect("no new value was published while the runtime was busy");
+        let frame: Value = serde_json::from_str(snap.update_frame.as_str()).unwrap();
+        assert_eq!(frame["data"]["measures"]["n"]["today"], 1, "{frame}");
+        assert_eq!(frame["data"]["measures"]["total"]["today"], 5, "{frame}");
+        // Shutdown stops the feed's thread.
+        trigger.fire();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !feed.is_finished() {
+            assert!(Instant::now() < deadline, "the feed did not stop");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
 }

@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio::runtime::Handle;
+
 use super::{text_frame, Outbox};
 use crate::filter::Topic;
 use crate::hub::Snapshot;
@@ -26,11 +28,11 @@ use crate::protocol::{self, ErrorCode};
 pub(super) const CHUNK: usize = 256;
 
 /// Followers written to by one delivery task.
-type Chunk = Vec<(u64, Arc<Outbox>)>;
+type Members = Vec<(u64, Arc<Outbox>)>;
 
 /// One chunk of the round in flight.
 struct Slot {
-    members: Arc<Chunk>,
+    members: Arc<Members>,
     /// A task is writing to it, or queued to.
     busy: bool,
 }
@@ -55,12 +57,12 @@ struct Followers {
 impl Followers {
     /// The chunks to start for a new value: all of a new round's, or the idle ones of
     /// the round in flight.
-    fn start(&mut self, rounds: &AtomicU64) -> (u64, Vec<(usize, Arc<Chunk>)>) {
+    fn start(&mut self, rounds: &AtomicU64) -> (u64, Vec<(usize, Arc<Members>)>) {
         if self.running == 0 {
             self.round = rounds.fetch_add(1, Ordering::Relaxed) + 1;
             self.slots.clear();
             let n = self.subs.len();
-            let mut chunk: Chunk = Vec::with_capacity(CHUNK.min(n));
+            let mut chunk: Members = Vec::with_capacity(CHUNK.min(n));
             for (i, (id, outbox)) in self.subs.iter().enumerate() {
                 chunk.push((*id, outbox.clone()));
                 if chunk.len() == CHUNK || i + 1 == n {
@@ -115,9 +117,21 @@ pub struct Registry {
     topics: Topics,
     next_id: AtomicU64,
     rounds: AtomicU64,
+    /// Where delivery rounds run: the runtime the registry was made on. Values are
+    /// published from the change feed's own thread (see `listen::spawn`), whose
+    /// runtime must not run the rounds.
+    runtime: Option<Handle>,
 }
 
 impl Registry {
+    /// A registry whose rounds run on the current runtime (inline without one).
+    pub fn on_current_runtime() -> Registry {
+        Registry {
+            runtime: Handle::try_current().ok(),
+            ..Registry::default()
+        }
+    }
+
     /// A new subscription id, unique in this process.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -161,7 +175,16 @@ impl Registry {
             f.start(&self.rounds)
         };
         for (slot, members) in starts {
-            spawn_chunk(&self.topics, topic, round, slot, members, metrics);
+            Chunk {
+                topics: self.topics.clone(),
+                topic: topic.clone(),
+                round,
+                slot,
+                members,
+                metrics: metrics.clone(),
+                runtime: self.runtime.clone(),
+            }
+            .spawn();
         }
     }
 
@@ -202,84 +225,86 @@ impl Registry {
     }
 }
 
-/// Runs one chunk as a task on the runtime (inline without one, in unit tests).
-///
-/// The task runs outside tokio's cooperative budget: every socket write spends from it,
-/// and once a task's 128 units are gone each write says "not ready", which would send
-/// every later follower down the queue-and-wake path. A chunk is a bounded piece of
-/// work, so it cannot starve other tasks for long.
-fn spawn_chunk(
-    topics: &Topics,
-    topic: &Topic,
+/// One chunk of a round: what its task needs.
+struct Chunk {
+    topics: Topics,
+    topic: Topic,
     round: u64,
     slot: usize,
-    members: Arc<Chunk>,
-    metrics: &Arc<Metrics>,
-) {
-    let (topics, topic, metrics) = (topics.clone(), topic.clone(), metrics.clone());
-    let run = move || run_chunk(&topics, &topic, round, slot, members, &metrics);
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => {
-            rt.spawn(tokio::task::unconstrained(async move { run() }));
-        }
-        Err(_) => run(),
-    }
+    members: Arc<Members>,
+    metrics: Arc<Metrics>,
+    runtime: Option<Handle>,
 }
 
-/// Writes the topic's newest value to one chunk of followers; goes again if a newer
-/// one came meanwhile, else leaves the round (the last chunk to leave ends it).
-fn run_chunk(
-    topics: &Topics,
-    topic: &Topic,
-    round: u64,
-    slot: usize,
-    members: Arc<Chunk>,
-    metrics: &Arc<Metrics>,
-) {
-    let latest = lock(topics).get(topic).and_then(|f| f.latest.clone());
-    let Some(snap) = latest else {
-        return;
-    };
-    if let Some((_, first)) = members.get(1) {
-        first.prefetch();
-    }
-    for (i, (id, outbox)) in members.iter().enumerate() {
-        // Memory two connections ahead, then the socket of the next one (whose address
-        // the first prefetch brought in): both arrive while the kernel sends to this one.
-        if let Some((_, later)) = members.get(i + 2) {
-            later.prefetch();
-        }
-        if let Some((_, next)) = members.get(i + 1) {
-            next.prefetch_socket();
-        }
-        // A panic under one connection must neither cost the rest of the chunk its
-        // value nor skip the bookkeeping below (the round would never end, and the
-        // topic would get no round again). Free unless something panics.
-        let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            outbox.deliver(*id, &snap, metrics)
-        }));
-        if delivered.is_err() {
-            tracing::error!(kpi = %topic.kpi, "delivery to a connection panicked");
+impl Chunk {
+    /// Runs the chunk as a task on the registry's runtime (inline without one, in unit
+    /// tests).
+    ///
+    /// The task runs outside tokio's cooperative budget: every socket write spends from
+    /// it, and once a task's 128 units are gone each write says "not ready", which would
+    /// send every later follower down the queue-and-wake path. A chunk is a bounded
+    /// piece of work, so it cannot starve other tasks for long.
+    fn spawn(self) {
+        match self.runtime.clone().or_else(|| Handle::try_current().ok()) {
+            Some(rt) => {
+                rt.spawn(tokio::task::unconstrained(async move { self.run() }));
+            }
+            None => self.run(),
         }
     }
-    let again = {
-        let mut map = lock(topics);
-        let Some(f) = map.get_mut(topic).filter(|f| f.round == round) else {
+
+    /// Writes the topic's newest value to the chunk's followers; goes again if a newer
+    /// one came meanwhile, else leaves the round (the last chunk to leave ends it).
+    fn run(self) {
+        let latest = lock(&self.topics)
+            .get(&self.topic)
+            .and_then(|f| f.latest.clone());
+        let Some(snap) = latest else {
             return;
         };
-        let newer = f.latest.as_ref().is_some_and(|l| l.seq != snap.seq);
-        if !newer {
-            if let Some(s) = f.slots.get_mut(slot) {
-                s.busy = false;
+        let members = &self.members;
+        if let Some((_, first)) = members.get(1) {
+            first.prefetch();
+        }
+        for (i, (id, outbox)) in members.iter().enumerate() {
+            // Memory two connections ahead, then the socket of the next one (whose
+            // address the first prefetch brought in): both arrive while the kernel sends
+            // to this one.
+            if let Some((_, later)) = members.get(i + 2) {
+                later.prefetch();
             }
-            f.running = f.running.saturating_sub(1);
-            if f.running == 0 {
-                f.slots.clear();
+            if let Some((_, next)) = members.get(i + 1) {
+                next.prefetch_socket();
+            }
+            // A panic under one connection must neither cost the rest of the chunk its
+            // value nor skip the bookkeeping below (the round would never end, and the
+            // topic would get no round again). Free unless something panics.
+            let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                outbox.deliver(*id, &snap, &self.metrics)
+            }));
+            if delivered.is_err() {
+                tracing::error!(kpi = %self.topic.kpi, "delivery to a connection panicked");
             }
         }
-        newer
-    };
-    if again {
-        spawn_chunk(topics, topic, round, slot, members, metrics);
+        let again = {
+            let mut map = lock(&self.topics);
+            let Some(f) = map.get_mut(&self.topic).filter(|f| f.round == self.round) else {
+                return;
+            };
+            let newer = f.latest.as_ref().is_some_and(|l| l.seq != snap.seq);
+            if !newer {
+                if let Some(s) = f.slots.get_mut(self.slot) {
+                    s.busy = false;
+                }
+                f.running = f.running.saturating_sub(1);
+                if f.running == 0 {
+                    f.slots.clear();
+                }
+            }
+            newer
+        };
+        if again {
+            self.spawn();
+        }
     }
 }
