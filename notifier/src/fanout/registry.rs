@@ -118,7 +118,7 @@ pub struct Registry {
     next_id: AtomicU64,
     rounds: AtomicU64,
     /// Where delivery rounds run: the runtime the registry was made on. Values are
-    /// published from the change feed's own thread (see `listen::spawn`), whose
+    /// published from the change feed's own thread (see `Listener::spawn`), whose
     /// runtime must not run the rounds.
     runtime: Option<Handle>,
 }
