@@ -136,13 +136,18 @@ impl NotifierProcess {
         panic!("notifier never became ready");
     }
 
-    async fn metric(&self, series: &str) -> f64 {
-        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+    /// `GET /metrics`, as text.
+    async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0)
@@ -165,12 +170,7 @@ impl NotifierProcess {
 
     /// Approximate quantiles (bucket upper bounds) of a notifier histogram, in ms.
     async fn histogram_ms(&self, name: &str, qs: &[f64]) -> Vec<String> {
-        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = self.metrics_text().await;
         let prefix = format!("kpi_notifier_{name}_bucket{{le=\"");
         let buckets: Vec<(String, f64)> = text
             .lines()
