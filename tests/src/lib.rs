@@ -74,6 +74,19 @@ fn pg_command(binary: &str) -> Command {
     }
 }
 
+/// Runs `cmd` (the `what` of the messages) and fails loudly, with its stderr, unless it
+/// succeeds.
+fn run_ok(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn chown_to_postgres(path: &Path) {
     if running_as_root() {
         let status = Command::new("chown")
@@ -153,17 +166,13 @@ impl Cluster {
                 .status();
         }
         chown_to_postgres(&dir);
-        let out = pg_command("initdb")
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
-            .arg("-D")
-            .arg(dir.join("data"))
-            .stdout(Stdio::null())
-            .output()
-            .expect("run initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            pg_command("initdb")
+                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+                .arg("-D")
+                .arg(dir.join("data"))
+                .stdout(Stdio::null()),
+            "initdb",
         );
         let cluster = Cluster {
             port: free_port(),
@@ -187,23 +196,12 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create standby dir");
         chown_to_postgres(&dir);
-        let out = pg_command("pg_basebackup")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-            ])
-            .args(["-X", "stream", "-R", "--no-sync", "-D"])
-            .arg(dir.join("data"))
-            .output()
-            .expect("run pg_basebackup");
-        assert!(
-            out.status.success(),
-            "pg_basebackup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        run_ok(
+            pg_command("pg_basebackup")
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-U", "postgres", "-X", "stream", "-R", "--no-sync", "-D"])
+                .arg(dir.join("data")),
+            "pg_basebackup",
         );
         let standby = Cluster {
             port: free_port(),
