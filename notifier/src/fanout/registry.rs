@@ -11,7 +11,7 @@
 //! a round to end before starting the next one instead made a value published early in
 //! a slow round wait for nearly two rounds.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -40,7 +40,12 @@ struct Slot {
 /// One topic's followers and its delivery round.
 #[derive(Default)]
 struct Followers {
-    subs: HashMap<u64, Arc<Outbox>>,
+    /// Ordered by id, that is by when each subscribed: a round writes to connections in
+    /// the order their memory was allocated (outboxes, sockets, the kernel's socket
+    /// objects), which the CPU's prefetchers follow. A hash map's order is random: in
+    /// the fan-out benchmark that cost the notifier and its clients 10–30 % more CPU
+    /// per round than a bare server, and nothing at all once in order.
+    subs: BTreeMap<u64, Arc<Outbox>>,
     /// The newest value published: what a chunk writes when it starts.
     latest: Option<Arc<Snapshot>>,
     /// The chunks of the round in flight; empty when none is. Built from `subs` when a

@@ -325,6 +325,85 @@ async fn a_large_fan_out_is_spread_over_tasks_and_reaches_everyone() {
     }
 }
 
+/// A socket that takes every write and notes whose it was.
+struct Recorder {
+    who: usize,
+    log: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl tokio::io::AsyncWrite for Recorder {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.log.lock().unwrap().push(self.who);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncRead for Recorder {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test]
+async fn a_round_writes_to_connections_in_the_order_they_subscribed() {
+    let hub = Hub::new();
+    publish(&hub, "a", 1);
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let n = 3 * CHUNK + 7;
+    let outboxes: Vec<_> = (0..n)
+        .map(|who| {
+            let outbox = Outbox::new(
+                Recorder {
+                    who,
+                    log: log.clone(),
+                },
+                64 * 1024,
+            );
+            let id = hub.fanout.next_id();
+            hub.fanout.add(&topic("a"), id, &outbox);
+            let rx = hub.subscribe("a").unwrap();
+            outbox
+                .subscribe(id, topic("a"), rx, None, &Metrics::default())
+                .unwrap();
+            outbox
+        })
+        .collect();
+    log.lock().unwrap().clear();
+    publish(&hub, "a", 2);
+    // On this single-threaded runtime the round's chunks run one after the other.
+    for _ in 0..100 {
+        if log.lock().unwrap().len() == n {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let order = log.lock().unwrap().clone();
+    assert_eq!(order, (0..n).collect::<Vec<_>>(), "round order");
+    drop(outboxes);
+}
+
 #[tokio::test]
 async fn values_published_during_a_round_are_merged_into_one_more_round() {
     let hub = Hub::new();
