@@ -8,8 +8,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use std::io;
-use std::sync::Arc;
-use std::task::Context;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use super::registry::CHUNK;
 use super::*;
@@ -328,49 +329,45 @@ async fn a_large_fan_out_is_spread_over_tasks_and_reaches_everyone() {
 /// A socket that takes every write and notes whose it was.
 struct Recorder {
     who: usize,
-    log: Arc<std::sync::Mutex<Vec<usize>>>,
+    log: Arc<Mutex<Vec<usize>>>,
 }
 
 impl tokio::io::AsyncWrite for Recorder {
     fn poll_write(
-        self: std::pin::Pin<&mut Self>,
+        self: Pin<&mut Self>,
         _: &mut Context<'_>,
         buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
+    ) -> Poll<io::Result<usize>> {
         self.log.lock().unwrap().push(self.who);
-        std::task::Poll::Ready(Ok(buf.len()))
+        Poll::Ready(Ok(buf.len()))
     }
 
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
 impl tokio::io::AsyncRead for Recorder {
     fn poll_read(
-        self: std::pin::Pin<&mut Self>,
+        self: Pin<&mut Self>,
         _: &mut Context<'_>,
         _: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::task::Poll::Pending
+    ) -> Poll<io::Result<()>> {
+        Poll::Pending
     }
 }
 
+/// The order the fan-out benchmark depends on (see `Followers::subs`): connections in
+/// the order their memory was allocated, not a hash map's.
 #[tokio::test]
 async fn a_round_writes_to_connections_in_the_order_they_subscribed() {
     let hub = Hub::new();
     publish(&hub, "a", 1);
-    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::new(Mutex::new(Vec::new()));
     let n = 3 * CHUNK + 7;
     let outboxes: Vec<_> = (0..n)
         .map(|who| {
@@ -458,35 +455,25 @@ struct Panicking;
 
 impl tokio::io::AsyncRead for Panicking {
     fn poll_read(
-        self: std::pin::Pin<&mut Self>,
+        self: Pin<&mut Self>,
         _: &mut Context<'_>,
         _: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::task::Poll::Pending
+    ) -> Poll<io::Result<()>> {
+        Poll::Pending
     }
 }
 
 impl tokio::io::AsyncWrite for Panicking {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut Context<'_>,
-        _: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
         panic!("a write that panics")
     }
 
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
