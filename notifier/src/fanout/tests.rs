@@ -326,20 +326,17 @@ async fn a_large_fan_out_is_spread_over_tasks_and_reaches_everyone() {
     }
 }
 
-/// A socket that takes every write and notes whose it was.
-struct Recorder {
-    who: usize,
-    log: Arc<Mutex<Vec<usize>>>,
-}
+/// A socket that is never readable and hands each write to `F`: one that records or
+/// one that panics.
+struct WriteOnly<F>(F);
 
-impl tokio::io::AsyncWrite for Recorder {
+impl<F: FnMut(&[u8]) -> usize + Unpin> tokio::io::AsyncWrite for WriteOnly<F> {
     fn poll_write(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.log.lock().unwrap().push(self.who);
-        Poll::Ready(Ok(buf.len()))
+        Poll::Ready(Ok((self.0)(buf)))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -351,7 +348,7 @@ impl tokio::io::AsyncWrite for Recorder {
     }
 }
 
-impl tokio::io::AsyncRead for Recorder {
+impl<F: Unpin> tokio::io::AsyncRead for WriteOnly<F> {
     fn poll_read(
         self: Pin<&mut Self>,
         _: &mut Context<'_>,
@@ -371,11 +368,12 @@ async fn a_round_writes_to_connections_in_the_order_they_subscribed() {
     let n = 3 * CHUNK + 7;
     let outboxes: Vec<_> = (0..n)
         .map(|who| {
+            let log = log.clone();
             let outbox = Outbox::new(
-                Recorder {
-                    who,
-                    log: log.clone(),
-                },
+                WriteOnly(move |buf: &[u8]| {
+                    log.lock().unwrap().push(who);
+                    buf.len()
+                }),
                 64 * 1024,
             );
             let id = hub.fanout.next_id();
@@ -450,38 +448,15 @@ async fn a_follower_that_joins_during_a_round_gets_its_next_value() {
     assert_eq!(next(&mut ws).await["version"], 3, "2 was merged into 3");
 }
 
-/// A socket whose writes panic: a bug somewhere under one connection's write.
-struct Panicking;
-
-impl tokio::io::AsyncRead for Panicking {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        _: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Poll::Pending
-    }
-}
-
-impl tokio::io::AsyncWrite for Panicking {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
-        panic!("a write that panics")
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 #[tokio::test]
 async fn a_panic_under_one_connection_does_not_stop_the_topics_rounds() {
     let hub = Hub::new();
     publish(&hub, "a", 1);
-    let broken = Outbox::new(Panicking, 64 * 1024);
+    // A bug somewhere under one connection's write.
+    let broken = Outbox::new(
+        WriteOnly(|_: &[u8]| -> usize { panic!("a write that panics") }),
+        64 * 1024,
+    );
     let id = hub.fanout.next_id();
     hub.fanout.add(&topic("a"), id, &broken);
     // It has version 1 already, so starting it writes nothing.
@@ -489,7 +464,7 @@ async fn a_panic_under_one_connection_does_not_stop_the_topics_rounds() {
     broken
         .subscribe(id, topic("a"), rx, Some(1), &Metrics::default())
         .unwrap();
-    // Several, so that some come after the broken one in the round's order.
+    // Subscribed after it, so the round reaches them after the panic.
     let healthy: Vec<_> = (0..8).map(|_| subscriber(&hub, "a", 64 * 1024)).collect();
     publish(&hub, "a", 2);
     tokio::task::yield_now().await;
