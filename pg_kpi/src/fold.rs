@@ -4,12 +4,20 @@
 //! All of it is one transaction. Folds are serialized by an advisory lock, so the fold
 //! worker, `kpi.fold()` and TRUNCATE rebuilds never interleave. Alert rules will be
 //! evaluated here too, right after the merge, on exactly the KPIs that changed.
+//!
+//! Each KPI merges in a subtransaction of its own (`subxact`): a KPI whose merge fails
+//! is rolled back alone, its deltas go back into the buffer (so its view stays exact and
+//! nothing is lost), and it is retried with backoff (`quarantine`), while every other
+//! KPI folds and notifies as usual.
 
 use crate::catalog::Kpi;
 use crate::ddl;
 use crate::deltas::{self, ByKpi, Merged};
 use crate::errors::{KpiError, KpiResult};
 use crate::prepared;
+use crate::quarantine;
+use crate::subxact::isolated;
+use crate::workers::health;
 use pgrx::prelude::*;
 
 /// Key of the advisory lock serializing folds ("pg_kpi" in ASCII).
@@ -53,6 +61,7 @@ fn lock_sources_then_folds() -> KpiResult<()> {
 
 /// Folds everything pending; returns the number of delta rows folded.
 pub fn fold() -> KpiResult<i64> {
+    let start = unsafe { pg_sys::GetCurrentTimestamp() };
     lock_sources_then_folds()?;
     let (drained_rows, per_kpi) = drain()?;
     let ids: Vec<i32> = per_kpi.keys().copied().collect();
@@ -62,23 +71,50 @@ pub fn fold() -> KpiResult<i64> {
     } else {
         Kpi::by_ids(&ids)?
     };
+    quarantine::keep_only(&kpis.iter().map(|k| k.id).collect::<Vec<_>>());
+    let mut touched = Vec::with_capacity(kpis.len());
     for kpi in &kpis {
-        if let Some(entries) = per_kpi.get(&kpi.id) {
-            let entries = deltas::json::array_text(entries.iter());
-            for t in 0..kpi.tiers.len() {
-                merge(kpi, t, &entries)?;
-            }
+        let Some(entries) = per_kpi.get(&kpi.id) else {
+            continue;
+        };
+        let merged = quarantine::due(kpi.id)
+            && match isolated(|| merge_kpi(kpi, entries)) {
+                Ok(()) => {
+                    quarantine::succeeded(kpi);
+                    true
+                }
+                Err(message) => {
+                    quarantine::failed(kpi, &message);
+                    false
+                }
+            };
+        if merged {
+            touched.push(kpi.id);
+        } else {
+            // Back into the buffer, merged into one batch: pending again, read by the
+            // KPI's view as before, and folded once the merge works.
+            deltas::buffer::append(&deltas::encode(entries))?;
         }
     }
     if retention_due() {
         apply_retention()?;
     }
-    let touched: Vec<i32> = kpis.iter().map(|k| k.id).collect();
     if !touched.is_empty() {
         let versions = bump_versions(&touched)?;
         notify_versions(&versions)?;
     }
+    let end = unsafe { pg_sys::GetCurrentTimestamp() };
+    health::record_fold(start, end, &quarantine::failing());
     Ok(drained_rows)
+}
+
+/// Merges one KPI's drained entries into each of its tiers.
+fn merge_kpi(kpi: &Kpi, entries: &[(deltas::Group, deltas::Entry)]) -> KpiResult<()> {
+    let entries = deltas::json::array_text(entries.iter());
+    for t in 0..kpi.tiers.len() {
+        merge(kpi, t, &entries)?;
+    }
+    Ok(())
 }
 
 /// Empties the delta buffer; returns how many batches it held and their entries,
@@ -236,19 +272,26 @@ fn retention_due() -> bool {
     })
 }
 
-/// Drops buckets older than each tier's retention.
+/// Drops buckets older than each tier's retention; a KPI whose DELETE fails is skipped
+/// (and reported) without failing the fold.
 fn apply_retention() -> KpiResult<()> {
     for kpi in Kpi::all()? {
-        for (t, tier) in kpi.tiers.iter().enumerate() {
-            if let Some(retention) = &tier.retention {
-                Spi::run_with_args(
-                    &format!(
-                        "DELETE FROM {} WHERE bucket < now() - $1::interval",
-                        kpi.agg_table_of(t)
-                    ),
-                    &[retention.as_str().into()],
-                )?;
+        let result = isolated(|| {
+            for (t, tier) in kpi.tiers.iter().enumerate() {
+                if let Some(retention) = &tier.retention {
+                    Spi::run_with_args(
+                        &format!(
+                            "DELETE FROM {} WHERE bucket < now() - $1::interval",
+                            kpi.agg_table_of(t)
+                        ),
+                        &[retention.as_str().into()],
+                    )?;
+                }
             }
+            Ok(())
+        });
+        if let Err(message) = result {
+            health::record_error(&format!("retention of KPI \"{}\": {message}", kpi.name));
         }
     }
     Ok(())

@@ -3,9 +3,18 @@
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::ffi::CString;
 
-/// Databases that get a fold worker (comma-separated). Read at server start.
-pub static DATABASES: GucSetting<Option<CString>> =
-    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+/// Databases that may get a fold worker (comma-separated); empty means every database
+/// where the extension is created. Reloadable.
+pub static DATABASES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Whether fold workers run at all. Off stops them (and the launcher starts none) until
+/// it is turned on again: for maintenance, or to test what happens without them.
+pub static FOLD_WORKERS: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// `lock_timeout` of the fold worker's transactions. A fold waits for the locks it needs
+/// behind long DDL on a source table; with a timeout it reports the wait in
+/// `kpi.status()` and retries, instead of stalling silently.
+pub static FOLD_LOCK_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
 
 /// Minimum time between two folds of one database: batches deltas when writes are busy.
 pub static FOLD_MIN_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(20);
@@ -25,11 +34,29 @@ pub fn init(preloading: bool) {
     if preloading {
         GucRegistry::define_string_guc(
             c"pg_kpi.databases",
-            c"Databases that get a pg_kpi fold worker (comma-separated).",
-            c"Each listed database that has the pg_kpi extension gets one background worker that folds deltas into the aggregates.",
+            c"Databases that may get a pg_kpi fold worker (comma-separated; empty: all).",
+            c"Every database where pg_kpi is created gets one background worker that folds deltas into the aggregates; a non-empty list restricts this to the databases it names.",
             &DATABASES,
-            GucContext::Postmaster,
+            GucContext::Sighup,
             GucFlags::default(),
+        );
+        GucRegistry::define_bool_guc(
+            c"pg_kpi.fold_workers",
+            c"Whether pg_kpi fold workers run.",
+            c"Off stops every fold worker until it is turned on again; kpi.fold() still folds on demand.",
+            &FOLD_WORKERS,
+            GucContext::Sighup,
+            GucFlags::default(),
+        );
+        GucRegistry::define_int_guc(
+            c"pg_kpi.fold_lock_timeout_ms",
+            c"lock_timeout of the fold worker's transactions, in milliseconds (0: none).",
+            c"A fold that waits longer for a lock (behind DDL on a source table) fails, is reported by kpi.status(), and is retried.",
+            &FOLD_LOCK_TIMEOUT_MS,
+            0,
+            3_600_000,
+            GucContext::Sighup,
+            GucFlags::UNIT_MS,
         );
     }
     GucRegistry::define_int_guc(
@@ -74,8 +101,14 @@ pub fn init(preloading: bool) {
     );
 }
 
-/// The configured fold databases, trimmed, without empties.
-pub fn databases() -> Vec<String> {
+/// Whether database `db` may get a fold worker (`pg_kpi.databases` empty or naming it).
+pub fn database_listed(db: &str) -> bool {
+    let listed = databases();
+    listed.is_empty() || listed.iter().any(|d| d == db)
+}
+
+/// The databases `pg_kpi.databases` names, trimmed, without empties.
+fn databases() -> Vec<String> {
     DATABASES
         .get()
         .and_then(|s| s.into_string().ok())

@@ -12,8 +12,9 @@
 //! - [`deltas`]: the delta batches writers append and the fold reads.
 //! - [`fold`]: merging deltas into aggregates, versions, NOTIFY; [`prepared`]: the
 //!   plans it keeps.
-//! - [`worker`], [`wake`]: the fold background worker and how commits wake it;
-//!   [`vacuum`]: how it keeps the delta buffer small.
+//! - [`workers`]: the launcher and the fold workers it keeps running, how commits wake
+//!   them, and their health (`kpi.status()`); [`quarantine`] and [`subxact`]: how one
+//!   KPI whose merge fails is held back without stopping the others.
 //! - [`privileges`], [`gucs`], [`errors`], [`names`]: cross-cutting rules.
 
 use pgrx::prelude::*;
@@ -31,10 +32,10 @@ mod measures;
 mod names;
 mod prepared;
 mod privileges;
+mod quarantine;
+mod subxact;
 mod triggers;
-mod vacuum;
-mod wake;
-mod worker;
+mod workers;
 
 pgrx::pg_module_magic!();
 
@@ -51,21 +52,8 @@ pub extern "C-unwind" fn _PG_init() {
     let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
     gucs::init(preloading);
     if preloading {
-        wake::init_shmem();
-        worker::register();
+        workers::init_at_preload();
     }
-}
-
-/// Whether this database gets a fold worker: pg_kpi preloaded and the database listed.
-#[pg_extern(schema = "kpi", name = "_worker_configured", stable)]
-fn worker_configured() -> bool {
-    if !wake::workers_enabled() {
-        return false;
-    }
-    let db = unsafe { std::ffi::CStr::from_ptr(pg_sys::get_database_name(pg_sys::MyDatabaseId)) }
-        .to_string_lossy()
-        .into_owned();
-    gucs::databases().contains(&db)
 }
 
 #[cfg(any(test, feature = "pg_test"))]

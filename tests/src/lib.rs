@@ -179,8 +179,7 @@ impl Cluster {
             dir,
             options,
         };
-        // Created before the server starts, so that the fold worker finds its database at
-        // once (otherwise it exits, and the postmaster restarts it a second later).
+        // Created before the server starts, so that the launcher finds it at once.
         cluster.create_database_offline("test");
         cluster.pg_ctl_start();
         if cluster.options.create_extension {
@@ -219,7 +218,8 @@ impl Cluster {
             self.dir.display()
         );
         if self.options.preload {
-            opts.push_str(" -c shared_preload_libraries=pg_kpi -c pg_kpi.databases=test");
+            // No pg_kpi.databases: the launcher serves every database with the extension.
+            opts.push_str(" -c shared_preload_libraries=pg_kpi");
         }
         for (k, v) in &self.options.settings {
             opts.push_str(&format!(" -c {k}={v}"));
@@ -360,14 +360,32 @@ impl Cluster {
 
     /// The pid of the fold worker of database `test`, if it is running.
     pub fn fold_worker_pid(&self) -> Option<i32> {
+        self.fold_worker_pid_of("test")
+    }
+
+    /// The pid of the fold worker of database `db`, if it is running.
+    pub fn fold_worker_pid_of(&self, db: &str) -> Option<i32> {
+        self.backend_pid(&format!("pg_kpi fold {db}"))
+    }
+
+    /// The pid of the launcher, if it is running.
+    pub fn launcher_pid(&self) -> Option<i32> {
+        self.backend_pid("pg_kpi launcher")
+    }
+
+    /// The pids of every process of `backend_type`.
+    pub fn backend_pids(&self, backend_type: &str) -> Vec<i32> {
         let mut c = self.connect_to("postgres");
-        c.query_opt(
-            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'pg_kpi fold test'",
-            &[],
+        c.query(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = $1",
+            &[&backend_type],
         )
-        .ok()
-        .flatten()
-        .map(|r| r.get(0))
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default()
+    }
+
+    fn backend_pid(&self, backend_type: &str) -> Option<i32> {
+        self.backend_pids(backend_type).first().copied()
     }
 }
 

@@ -6,4 +6,5 @@ mod drop;
 mod fold;
 mod read;
 mod sketches;
+mod status;
 mod truncate;

@@ -225,7 +225,7 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
             flush(0);
         }
         XACT_EVENT_COMMIT | XACT_EVENT_PREPARE if FLUSHED.with(|f| f.replace(false)) => {
-            crate::wake::wake_fold_worker();
+            crate::workers::wake::wake_fold_worker();
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             ACC.with(|a| a.borrow_mut().clear());

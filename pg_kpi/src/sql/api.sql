@@ -55,6 +55,15 @@ COMMENT ON FUNCTION kpi.drop(text, boolean) IS 'Drops a KPI, its view and state;
 CREATE FUNCTION kpi.fold() RETURNS bigint LANGUAGE sql VOLATILE SET jit = off AS $$ SELECT kpi._fold() $$;
 COMMENT ON FUNCTION kpi.fold() IS 'Folds pending deltas into the aggregates now (the fold worker does this on its own); returns delta rows folded.';
 
+CREATE FUNCTION kpi.status() RETURNS TABLE (
+    database text, worker_pid integer, worker_state text, last_fold_at timestamptz,
+    last_fold_ms double precision, folds bigint, pending_rows bigint,
+    fold_lag_seconds double precision, last_error text, last_error_at timestamptz,
+    failing_kpis text[])
+LANGUAGE sql VOLATILE AS $$ SELECT * FROM kpi._status() $$;
+COMMENT ON FUNCTION kpi.status() IS
+'Whether this database''s KPIs are being folded: the fold worker (pid; state running, stopped, disabled, not_listed or not_preloaded), the last successful fold (when, how long, how many since the server started), delta rows pending and an upper bound on the age of the oldest (fold_lag_seconds), the last fold error and when, and the KPIs whose merge fails now.';
+
 -- Rows of the catalog the caller may see: KPIs they own or whose view they can read.
 ALTER TABLE kpi.definitions ENABLE ROW LEVEL SECURITY;
 CREATE POLICY visible_kpis ON kpi.definitions FOR SELECT USING (
@@ -101,11 +110,17 @@ ALTER FUNCTION kpi._pending(integer) ROWS 50;
 -- Internal functions are reached through the wrappers above.
 REVOKE ALL ON FUNCTION kpi._reset_source(oid) FROM PUBLIC;
 
+REVOKE ALL ON FUNCTION kpi._request_worker() FROM PUBLIC;
+
+-- A fold worker comes for this database once CREATE EXTENSION commits (the launcher
+-- starts it); say so when none will.
 DO $$
 BEGIN
-    IF NOT kpi._worker_configured() THEN
+    IF kpi._worker_configured() THEN
+        PERFORM kpi._request_worker();
+    ELSE
         RAISE WARNING 'pg_kpi: no fold worker serves database "%"', current_database()
             USING DETAIL = 'KPI views stay exact, but pending deltas are only folded into the aggregates by kpi.fold().',
-                  HINT = 'Add pg_kpi to shared_preload_libraries and this database to pg_kpi.databases, then restart; or call kpi.fold() periodically (the notifier can do it).';
+                  HINT = 'Add pg_kpi to shared_preload_libraries and restart (and, if pg_kpi.databases is set, name this database in it; pg_kpi.fold_workers must be on); or call kpi.fold() periodically (the notifier can do it).';
     END IF;
 END $$;

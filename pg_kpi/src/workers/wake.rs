@@ -1,4 +1,5 @@
-//! Waking the fold worker at commit, through shared memory.
+//! Waking the fold worker at commit, and the launcher when a database wants a worker,
+//! through shared memory.
 //!
 //! Each fold worker publishes its latch in a small shared table keyed by database OID.
 //! A committing writer sets that latch: the worker folds within a few milliseconds when
@@ -10,12 +11,23 @@ use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgAtomic};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-const SLOTS: usize = 16;
+const SLOTS: usize = super::health::SLOTS;
 
-#[derive(Default)]
 pub struct WakeTable {
     dboid: [AtomicU32; SLOTS],
     latch: [AtomicUsize; SLOTS],
+    /// The launcher's latch (see `launcher`).
+    launcher: AtomicUsize,
+}
+
+impl Default for WakeTable {
+    fn default() -> Self {
+        WakeTable {
+            dboid: std::array::from_fn(|_| AtomicU32::new(0)),
+            latch: std::array::from_fn(|_| AtomicUsize::new(0)),
+            launcher: AtomicUsize::new(0),
+        }
+    }
 }
 
 unsafe impl PGRXSharedMemory for WakeTable {}
@@ -75,4 +87,33 @@ pub fn wake_fold_worker() {
 /// Whether this server runs fold workers (pg_kpi was preloaded).
 pub fn workers_enabled() -> bool {
     table().is_some()
+}
+
+/// Called by the launcher once started: publishes its latch.
+pub fn publish_launcher_latch() {
+    let Some(t) = table() else { return };
+    t.launcher
+        .store(unsafe { pg_sys::MyLatch } as usize, Ordering::Release);
+}
+
+/// Sets the launcher's latch, so it looks for databases to serve now.
+pub fn wake_launcher() {
+    let Some(t) = table() else { return };
+    let latch = t.launcher.load(Ordering::Acquire);
+    if latch != 0 {
+        unsafe { pg_sys::SetLatch(latch as *mut pg_sys::Latch) };
+    }
+}
+
+/// Frees the slots of databases that no longer exist. A writer that read a freed slot's
+/// latch a moment before only causes a spurious wake-up.
+pub fn forget_missing(existing: &[u32]) {
+    let Some(t) = table() else { return };
+    for i in 0..SLOTS {
+        let db = t.dboid[i].load(Ordering::Acquire);
+        if db != 0 && !existing.contains(&db) {
+            t.latch[i].store(0, Ordering::Release);
+            t.dboid[i].store(0, Ordering::Release);
+        }
+    }
 }
