@@ -5,10 +5,10 @@
 //! worker, `kpi.fold()` and TRUNCATE rebuilds never interleave. Alert rules will be
 //! evaluated here too, right after the merge, on exactly the KPIs that changed.
 //!
-//! Each KPI merges in a subtransaction of its own (`subxact`): a KPI whose merge fails
-//! is rolled back alone, its deltas go back into the buffer (so its view stays exact and
-//! nothing is lost), and it is retried with backoff (`quarantine`), while every other
-//! KPI folds and notifies as usual.
+//! The merges run in a subtransaction (`subxact`), and if that fails, each KPI in one
+//! of its own: a KPI whose merge fails is rolled back alone, its deltas go back into the
+//! buffer (so its view stays exact and nothing is lost), and it is retried with backoff
+//! (`quarantine`), while every other KPI folds and notifies as usual.
 
 use crate::catalog::Kpi;
 use crate::ddl;
@@ -72,8 +72,50 @@ pub fn fold() -> KpiResult<i64> {
         Kpi::by_ids(&ids)?
     };
     quarantine::keep_only(&kpis.iter().map(|k| k.id).collect::<Vec<_>>());
+    // All merges in one subtransaction first: one subtransaction per KPI would cost a
+    // subtransaction ID each, and more than 64 in one transaction overflow the
+    // snapshot's cache of them, slowing every other backend while the fold runs. Only
+    // when that fails (or a KPI is held back already) is each KPI merged on its own, to
+    // find which one fails.
+    let all_at_once = if quarantine::failing().is_empty() {
+        isolated(|| merge_all(&kpis, &per_kpi)).ok()
+    } else {
+        None
+    };
+    let touched = match all_at_once {
+        Some(touched) => touched,
+        None => merge_each(&kpis, &per_kpi)?,
+    };
+    if retention_due() {
+        apply_retention()?;
+    }
+    if !touched.is_empty() {
+        let versions = bump_versions(&touched)?;
+        notify_versions(&versions)?;
+    }
+    let end = unsafe { pg_sys::GetCurrentTimestamp() };
+    health::record_fold(start, end, &quarantine::failing());
+    Ok(drained_rows)
+}
+
+/// Merges every KPI's entries; returns the ids of the KPIs merged.
+fn merge_all(kpis: &[Kpi], per_kpi: &ByKpi) -> KpiResult<Vec<i32>> {
     let mut touched = Vec::with_capacity(kpis.len());
-    for kpi in &kpis {
+    for kpi in kpis {
+        if let Some(entries) = per_kpi.get(&kpi.id) {
+            merge_kpi(kpi, entries)?;
+            touched.push(kpi.id);
+        }
+    }
+    Ok(touched)
+}
+
+/// Merges each KPI's entries in a subtransaction of its own; a KPI whose merge fails
+/// (or is held back, see `quarantine`) gets its entries back into the buffer. Returns
+/// the ids of the KPIs merged.
+fn merge_each(kpis: &[Kpi], per_kpi: &ByKpi) -> KpiResult<Vec<i32>> {
+    let mut touched = Vec::with_capacity(kpis.len());
+    for kpi in kpis {
         let Some(entries) = per_kpi.get(&kpi.id) else {
             continue;
         };
@@ -96,16 +138,7 @@ pub fn fold() -> KpiResult<i64> {
             deltas::buffer::append(&deltas::encode(entries))?;
         }
     }
-    if retention_due() {
-        apply_retention()?;
-    }
-    if !touched.is_empty() {
-        let versions = bump_versions(&touched)?;
-        notify_versions(&versions)?;
-    }
-    let end = unsafe { pg_sys::GetCurrentTimestamp() };
-    health::record_fold(start, end, &quarantine::failing());
-    Ok(drained_rows)
+    Ok(touched)
 }
 
 /// Merges one KPI's drained entries into each of its tiers.
@@ -273,25 +306,32 @@ fn retention_due() -> bool {
 }
 
 /// Drops buckets older than each tier's retention; a KPI whose DELETE fails is skipped
-/// (and reported) without failing the fold.
+/// (and reported) without failing the fold. All KPIs in one subtransaction, and each in
+/// one of its own only when that fails (see `fold`).
 fn apply_retention() -> KpiResult<()> {
-    for kpi in Kpi::all()? {
-        let result = isolated(|| {
-            for (t, tier) in kpi.tiers.iter().enumerate() {
-                if let Some(retention) = &tier.retention {
-                    Spi::run_with_args(
-                        &format!(
-                            "DELETE FROM {} WHERE bucket < now() - $1::interval",
-                            kpi.agg_table_of(t)
-                        ),
-                        &[retention.as_str().into()],
-                    )?;
-                }
-            }
-            Ok(())
-        });
-        if let Err(message) = result {
+    let kpis = Kpi::all()?;
+    if isolated(|| kpis.iter().try_for_each(retain)).is_ok() {
+        return Ok(());
+    }
+    for kpi in &kpis {
+        if let Err(message) = isolated(|| retain(kpi)) {
             health::record_error(&format!("retention of KPI \"{}\": {message}", kpi.name));
+        }
+    }
+    Ok(())
+}
+
+/// Drops one KPI's buckets older than each tier's retention.
+fn retain(kpi: &Kpi) -> KpiResult<()> {
+    for (t, tier) in kpi.tiers.iter().enumerate() {
+        if let Some(retention) = &tier.retention {
+            Spi::run_with_args(
+                &format!(
+                    "DELETE FROM {} WHERE bucket < now() - $1::interval",
+                    kpi.agg_table_of(t)
+                ),
+                &[retention.as_str().into()],
+            )?;
         }
     }
     Ok(())

@@ -415,3 +415,45 @@ fn failing_fold_retries_and_says_why() {
         "the failure is logged with the retry"
     );
 }
+
+#[test]
+fn plain_drop_database_is_not_blocked_by_the_worker() {
+    let cluster = Cluster::start();
+    cluster.exec_in("postgres", "CREATE DATABASE shop");
+    cluster.exec_in("shop", &format!("CREATE EXTENSION pg_kpi; {SETUP}"));
+    wait_for(Duration::from_secs(10), "shop's fold worker", || {
+        cluster.fold_worker_pid_of("shop")
+    });
+    // What `dropdb` runs: no FORCE. The worker steps aside.
+    cluster.exec_in("postgres", "ALTER DATABASE shop RENAME TO shop2");
+    cluster.exec_in("postgres", "DROP DATABASE shop2");
+    assert!(cluster.fold_worker_pid_of("shop").is_none());
+    assert!(cluster.fold_worker_pid_of("shop2").is_none());
+}
+
+#[test]
+fn drop_database_that_fails_gets_its_worker_back() {
+    let cluster = Cluster::start();
+    cluster.exec(SETUP);
+    let worker = wait_for(Duration::from_secs(10), "the fold worker", || {
+        cluster.fold_worker_pid()
+    });
+    // Another session stays connected: DROP DATABASE fails after its 5 s wait.
+    let mut user = cluster.connect();
+    let mut admin = cluster.connect_to("postgres");
+    let err = admin
+        .batch_execute("DROP DATABASE test")
+        .expect_err("DROP DATABASE with a session connected");
+    assert!(
+        describe_error(&err).contains("being accessed by other users"),
+        "{}",
+        describe_error(&err)
+    );
+    let back = wait_for(Duration::from_secs(15), "the worker back", || {
+        cluster.fold_worker_pid().filter(|&p| p != worker)
+    });
+    eprintln!("worker {worker} made way; {back} serves again");
+    let mut listener = cluster.connect();
+    notify::listen(&mut listener);
+    insert_and_expect_notify(&mut user, &mut listener, "after the failed DROP");
+}

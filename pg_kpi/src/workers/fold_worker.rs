@@ -78,6 +78,10 @@ pub extern "C-unwind" fn pg_kpi_fold_worker_main(arg: pg_sys::Datum) {
         if !BackgroundWorker::wait_latch(Some(wait)) {
             break;
         }
+        if health::asked_to_leave() {
+            log!("pg_kpi fold worker for database \"{db}\" stopping to make way for DROP DATABASE or ALTER DATABASE");
+            leave(Exit::Asked);
+        }
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             if !gucs::FOLD_WORKERS.get() {

@@ -34,6 +34,10 @@ pub enum Exit {
     NotListed,
     /// Another worker already served the database.
     Duplicate,
+    /// Asked to make way for `DROP DATABASE` or `ALTER DATABASE … RENAME` (see
+    /// `make_way`); started again once `leave_until` has passed, if the database is
+    /// still there.
+    Asked,
 }
 
 /// One database's state. Plain data: copied out under the lock.
@@ -46,6 +50,8 @@ pub struct Slot {
     /// Requests for a worker (`request`) so far: a worker that found no extension leaves
     /// for good only if none came since it looked.
     requested: u32,
+    /// Until when no worker may serve the database (µs, as `last_fold_start`); 0: none.
+    pub leave_until: i64,
     /// Start of the last successful fold (µs since 2000-01-01, Postgres's timestamptz).
     pub last_fold_start: i64,
     pub last_fold_end: i64,
@@ -66,6 +72,7 @@ impl Default for Slot {
             pid: 0,
             exit: Exit::Unexpected,
             requested: 0,
+            leave_until: 0,
             last_fold_start: 0,
             last_fold_end: 0,
             last_fold_us: 0,
@@ -291,4 +298,29 @@ pub fn forget_missing(existing: &[u32]) {
             *slot = Slot::default();
         }
     }
+}
+
+/// Asks the worker of `dboid` to leave, and the launcher to start none, for `hold_us`.
+pub fn ask_to_leave(dboid: u32, hold_us: i64) {
+    if !ready() {
+        return;
+    }
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let mut health = HEALTH.exclusive();
+    if let Some(slot) = health.slots.iter_mut().find(|s| s.dboid == dboid) {
+        slot.leave_until = now + hold_us;
+    }
+}
+
+/// Whether the calling worker has been asked to leave (see `ask_to_leave`).
+pub fn asked_to_leave() -> bool {
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    mine().is_some_and(|s| s.leave_until > now)
+}
+
+/// How long database `dboid` must still go without a worker (`ask_to_leave`).
+pub fn held_for(dboid: u32) -> Option<std::time::Duration> {
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let until = slot_of(dboid)?.leave_until;
+    (until > now).then(|| std::time::Duration::from_micros((until - now) as u64))
 }

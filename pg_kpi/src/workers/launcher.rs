@@ -128,11 +128,15 @@ fn launch_if_needed(oid: u32, name: &str, started: &mut HashMap<u32, Started>) -
     if health::serving_pid(oid).is_some() {
         return Launch::Nothing;
     }
+    if let Some(hold) = health::held_for(oid) {
+        return Launch::Later(hold);
+    }
     let exit = health::slot_of(oid).map(|s| s.exit).unwrap_or_default();
     match exit {
         Exit::NoExtension | Exit::Duplicate => return Launch::Nothing,
-        // Turned back on or listed again since: serve it.
-        Exit::Disabled | Exit::NotListed => {}
+        // Turned back on or listed again since, or a DROP DATABASE that did not happen:
+        // serve it.
+        Exit::Disabled | Exit::NotListed | Exit::Asked => {}
         Exit::Unexpected => {
             if let Some(worker) = started.get(&oid) {
                 let ran = worker.at.elapsed();

@@ -8,10 +8,12 @@
 //! - [`health`]: what each database's worker is doing, for `kpi.status()` and the
 //!   launcher.
 //! - [`vacuum`]: how the fold worker keeps the delta buffer small.
+//! - [`make_way`]: workers step aside for `DROP DATABASE` and `ALTER DATABASE … RENAME`.
 
 pub mod fold_worker;
 pub mod health;
 pub mod launcher;
+mod make_way;
 pub mod vacuum;
 pub mod wake;
 
@@ -25,6 +27,7 @@ pub fn init_at_preload() {
     wake::init_shmem();
     health::init_shmem();
     launcher::register();
+    make_way::install();
 }
 
 /// Whether this server runs fold workers (pg_kpi was preloaded).

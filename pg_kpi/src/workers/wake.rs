@@ -71,8 +71,12 @@ pub fn publish_worker_latch() {
 
 /// Sets the latch of this database's fold worker, if there is one.
 pub fn wake_fold_worker() {
+    wake_fold_worker_of(unsafe { pg_sys::MyDatabaseId }.to_u32());
+}
+
+/// Sets the latch of database `db`'s fold worker, if there is one.
+pub fn wake_fold_worker_of(db: u32) {
     let Some(t) = table() else { return };
-    let db = unsafe { pg_sys::MyDatabaseId }.to_u32();
     for i in 0..SLOTS {
         if t.dboid[i].load(Ordering::Acquire) == db {
             let latch = t.latch[i].load(Ordering::Acquire);
