@@ -24,7 +24,8 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 if ! have_pkg "postgresql-${PG_MAJOR}"; then
     need_apt+=("postgresql-${PG_MAJOR}")
 fi
-for pkg in libclang-dev clang sudo pkg-config libssl-dev libpq-dev postgresql-contrib; do
+# prometheus: its promtool validates the notifier's /metrics in the tests.
+for pkg in libclang-dev clang sudo pkg-config libssl-dev libpq-dev postgresql-contrib prometheus; do
     have_pkg "$pkg" || need_apt+=("$pkg")
 done
 # The headers must match the server exactly, or apt upgrades the server too.

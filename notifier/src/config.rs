@@ -36,6 +36,7 @@ pub struct Config {
     /// How long shutdown waits for open connections to close (milliseconds).
     pub shutdown_grace_ms: u64,
     pub database: DatabaseConfig,
+    pub fold: FoldConfig,
     pub auth: AuthConfig,
     pub http: HttpConfig,
     pub limits: Limits,
@@ -58,6 +59,22 @@ pub struct DatabaseConfig {
     pub statement_timeout_ms: u64,
     /// `connect_timeout` for new connections (milliseconds).
     pub connect_timeout_ms: u64,
+}
+
+/// Watching the fold through `kpi.status()`, and folding when it stalls (see
+/// `fold_watch`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FoldConfig {
+    /// Read `kpi.status()` this often (milliseconds).
+    pub check_interval_ms: u64,
+    /// The fold is stalled when the oldest pending delta may be older than this (ms),
+    /// or at once when no fold worker runs while deltas are pending.
+    pub lag_limit_ms: u64,
+    /// While the fold is stalled, run `SELECT kpi.fold()` from the notifier.
+    pub fallback: bool,
+    /// How often the fallback folds (milliseconds; one fold at a time).
+    pub fallback_interval_ms: u64,
 }
 
 /// Bearer-token authentication. With neither `tokens` nor `jwt_secret` set, the notifier
@@ -172,6 +189,7 @@ impl Default for Config {
             fold_interval_ms: 0,
             shutdown_grace_ms: 5_000,
             database: DatabaseConfig::default(),
+            fold: FoldConfig::default(),
             auth: AuthConfig::default(),
             http: HttpConfig::default(),
             limits: Limits::default(),
@@ -189,6 +207,17 @@ impl Default for DatabaseConfig {
             coalesce_ms: 0,
             statement_timeout_ms: 10_000,
             connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for FoldConfig {
+    fn default() -> Self {
+        FoldConfig {
+            check_interval_ms: 1_000,
+            lag_limit_ms: 5_000,
+            fallback: true,
+            fallback_interval_ms: 100,
         }
     }
 }
@@ -354,6 +383,12 @@ impl Config {
         let d = &self.database;
         if d.reconnect_min_ms == 0 || d.reconnect_max_ms < d.reconnect_min_ms {
             return bad("database: need 0 < reconnect_min_ms <= reconnect_max_ms".into());
+        }
+        let f = &self.fold;
+        if f.check_interval_ms == 0 || f.lag_limit_ms == 0 || f.fallback_interval_ms == 0 {
+            return bad(
+                "fold: check_interval_ms, lag_limit_ms and fallback_interval_ms must be > 0".into(),
+            );
         }
         for (i, t) in self.auth.tokens.iter().enumerate() {
             if t.token.expose().trim().is_empty() {
@@ -619,6 +654,7 @@ mod tests {
             ("KPI_NOPE__X", "1"),
             ("KPI_LIMITS__MAX_CONNECTIONS", "many"),
             ("KPI_LIMITS", "1"),
+            ("KPI_FOLD__FALLBACK", "maybe"),
         ] {
             let r = Config::from_layers(None, env(&[(k, v)]), &Overrides::default());
             assert!(matches!(r, Err(ConfigError::Env { .. })), "{k}={v}: {r:?}");
@@ -657,6 +693,9 @@ mod tests {
             "[[auth.tokens]]\ntoken = \"\"\nkpis = [\"*\"]",
             "[[auth.tokens]]\ntoken = \"x\"\nkpis = [\"Bad-Name\"]",
             "database_url = \"host=a port=notaport\"",
+            "[fold]\ncheck_interval_ms = 0",
+            "[fold]\nlag_limit_ms = 0",
+            "[fold]\nfallback_interval_ms = 0",
         ] {
             let r = Config::from_layers(Some(("f", file)), env(&[]), &Overrides::default());
             assert!(matches!(r, Err(ConfigError::Invalid(_))), "{file}: {r:?}");
@@ -682,6 +721,7 @@ mod tests {
         assert_eq!(c.ws, WsConfig::default());
         assert_eq!(c.sse, SseConfig::default());
         assert_eq!(c.database, DatabaseConfig::default());
+        assert_eq!(c.fold, FoldConfig::default());
         assert_eq!(c.fold_interval_ms, 0);
     }
 

@@ -18,6 +18,9 @@ use crate::error::ApiError;
 pub const LISTEN_APP_NAME: &str = "pg_kpi_notifier_listen";
 /// `application_name` of the API's query connection.
 pub const API_APP_NAME: &str = "pg_kpi_notifier_api";
+/// `application_name` of the connection that watches `kpi.status()` (and folds when
+/// the fold stalls).
+pub const FOLD_WATCH_APP_NAME: &str = "pg_kpi_notifier_fold_watch";
 
 /// The libpq settings for every connection the notifier opens; `app_name` is used
 /// unless the URL sets one.

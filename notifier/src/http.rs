@@ -22,6 +22,7 @@ use crate::auth::{Auth, Principal};
 use crate::config::Config;
 use crate::db::ApiDb;
 use crate::error::{ApiError, ErrorCode};
+use crate::fold_watch::FoldHealth;
 use crate::hub::Hub;
 use crate::listen::Status;
 use crate::metrics::{Gauges, Metrics, Transport};
@@ -37,6 +38,8 @@ pub struct Shared {
     pub auth: Auth,
     pub metrics: Arc<Metrics>,
     pub status: watch::Receiver<Status>,
+    /// Whether the fold keeps up (see `fold_watch`).
+    pub fold: watch::Receiver<FoldHealth>,
     pub db: ApiDb,
     /// One permit per open WebSocket or SSE connection (`limits.max_connections`).
     pub connections: Arc<Semaphore>,
@@ -131,6 +134,10 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// Readiness: connected to the database with every KPI loaded.
+///
+/// A stalled fold is reported (`fold`, `warnings`) but keeps the answer 200: it stalls
+/// every replica alike, so taking this one out of a load balancer would only cut its
+/// clients off from the values they have (and, with the fallback on, from new ones).
 async fn readyz(State(state): State<AppState>) -> Response {
     let status = state.status.borrow().clone();
     let code = if status.ready {
@@ -138,8 +145,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let fold = state.fold.borrow().clone();
     let mut body = json!(status);
     body["kpis"] = json!(state.hub.len());
+    if let Some(reason) = &fold.reason {
+        body["warnings"] = json!([format!("fold stalled: {reason}")]);
+    }
+    body["fold"] = json!(fold);
     (code, Json(body)).into_response()
 }
 
@@ -148,6 +160,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         ready: state.status.borrow().ready,
         kpis: state.hub.len(),
         dim_filters: state.hub.filter_count(),
+        fold: state.fold.borrow().clone(),
     });
     (
         [(

@@ -11,6 +11,7 @@
 //! |---|---|
 //! | [`config`] | the one configuration struct and its layers (defaults < file < env < flags) |
 //! | [`listen`] | the supervised LISTEN connection: reconnect, reload, coalesced snapshot reads, fold timer |
+//! | [`fold_watch`] | `kpi.status()` polled: stalls reported, and the notifier's fallback fold |
 //! | [`hub`] | per-KPI `watch` channels: the latest value of each topic, frames serialized once |
 //! | [`cursor`] | what a subscriber has of a topic, and which frame a newer value needs |
 //! | [`fanout`] | each new value written straight into every subscribed WebSocket |
@@ -37,6 +38,7 @@ pub mod db;
 pub mod error;
 pub mod fanout;
 pub mod filter;
+pub mod fold_watch;
 pub mod http;
 pub mod hub;
 pub mod listen;
@@ -65,13 +67,20 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Builds the shared state and the (not yet running) LISTEN supervisor.
+/// The tasks that feed the shared state, not yet running.
+pub struct Feeds {
+    pub listener: listen::Listener,
+    pub fold_watch: fold_watch::FoldWatch,
+}
+
+/// Builds the shared state and the tasks that feed it.
 pub fn state(
     config: Config,
     shutdown: shutdown::Shutdown,
-) -> Result<(http::AppState, listen::Listener), ServeError> {
+) -> Result<(http::AppState, Feeds), ServeError> {
     let listen_pg = db::pg_config(&config, db::LISTEN_APP_NAME).map_err(ServeError::Config)?;
     let api_pg = db::pg_config(&config, db::API_APP_NAME).map_err(ServeError::Config)?;
+    let watch_pg = db::pg_config(&config, db::FOLD_WATCH_APP_NAME).map_err(ServeError::Config)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let hub = Arc::new(hub::Hub::with_metrics(metrics.clone()));
     let (status_tx, status_rx) = listen::status_channel();
@@ -84,6 +93,14 @@ pub fn state(
         metrics: metrics.clone(),
         status: status_tx,
     };
+    let (fold_tx, fold_rx) = fold_watch::health_channel();
+    let fold_watch = fold_watch::FoldWatch {
+        pg: watch_pg,
+        db: config.database.clone(),
+        cfg: config.fold.clone(),
+        metrics: metrics.clone(),
+        health: fold_tx,
+    };
     let state = Arc::new(http::Shared {
         auth: auth::Auth::new(&config.auth),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
@@ -91,10 +108,17 @@ pub fn state(
         hub,
         metrics,
         status: status_rx,
+        fold: fold_rx,
         shutdown,
         config,
     });
-    Ok((state, listener))
+    Ok((
+        state,
+        Feeds {
+            listener,
+            fold_watch,
+        },
+    ))
 }
 
 /// Turns Nagle's algorithm off on an accepted connection.
@@ -124,14 +148,15 @@ pub async fn serve(
     let grace = Duration::from_millis(config.shutdown_grace_ms);
     let max_connections = config.limits.max_connections;
     let (trigger, flag) = shutdown::channel();
-    let (state, supervisor) = state(config, flag.clone())?;
+    let (state, feeds) = state(config, flag.clone())?;
     tracing::info!(
         %addr,
         auth = state.auth.enabled(),
         fold_interval_ms = state.config.fold_interval_ms,
         "notifier listening"
     );
-    let listen_thread = supervisor.spawn(flag.clone())?;
+    let listen_thread = feeds.listener.spawn(flag.clone())?;
+    let fold_watch = tokio::spawn(feeds.fold_watch.run(flag.clone()));
     // The caller's future only fires the flag; everything else watches the flag.
     let watcher = tokio::spawn(async move {
         shutdown.await;
@@ -158,6 +183,7 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     watcher.abort();
+    fold_watch.abort();
     tracing::info!("notifier stopped");
     result.map_err(ServeError::Io)
 }

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::fold_watch::FoldHealth;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
     Ws = 0,
@@ -145,6 +147,12 @@ pub struct Metrics {
     pub snapshots_published: AtomicU64,
     pub fold_runs: AtomicU64,
     pub fold_errors: AtomicU64,
+    /// `kpi.status()` reads by the fold watch, and the ones that failed.
+    pub fold_checks: AtomicU64,
+    pub fold_check_errors: AtomicU64,
+    /// `kpi.fold()` calls the fold watch made while the fold was stalled.
+    pub fallback_folds: AtomicU64,
+    pub fallback_fold_errors: AtomicU64,
     /// First reads of a dimension filter's snapshot that failed.
     pub filter_read_errors: AtomicU64,
     /// `{"type":"error"}` messages sent to WebSocket clients, by code.
@@ -163,6 +171,8 @@ pub struct Gauges {
     pub kpis: usize,
     /// Dimension filters followed (see `filter`).
     pub dim_filters: usize,
+    /// The fold watch's last check.
+    pub fold: FoldHealth,
 }
 
 impl Metrics {
@@ -277,7 +287,7 @@ impl Metrics {
             &self.publish_to_send,
         );
 
-        let simple: [(&str, &str, &str, i64); 12] = [
+        let simple: [(&str, &str, &str, i64); 16] = [
             (
                 "listen_reconnects_total",
                 "counter",
@@ -350,11 +360,36 @@ impl Metrics {
                 "kpi.fold() calls that failed.",
                 self.fold_errors.load(Relaxed) as i64,
             ),
+            (
+                "fold_checks_total",
+                "counter",
+                "kpi.status() reads by the fold watch.",
+                self.fold_checks.load(Relaxed) as i64,
+            ),
+            (
+                "fold_check_errors_total",
+                "counter",
+                "kpi.status() reads that failed (the watch reconnects).",
+                self.fold_check_errors.load(Relaxed) as i64,
+            ),
+            (
+                "fallback_folds_total",
+                "counter",
+                "kpi.fold() calls the notifier made because the fold was stalled.",
+                self.fallback_folds.load(Relaxed) as i64,
+            ),
+            (
+                "fallback_fold_errors_total",
+                "counter",
+                "Fallback kpi.fold() calls that failed.",
+                self.fallback_fold_errors.load(Relaxed) as i64,
+            ),
         ];
         for (name, kind, help, v) in simple {
             header(&mut out, p, name, kind, help);
             let _ = writeln!(out, "{p}_{name} {v}");
         }
+        fold_gauges(&mut out, p, &g.fold);
         let vecs: [(&str, &str, &str, &CounterVec); 4] = [
             (
                 "client_errors_total",
@@ -389,6 +424,50 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The fold watch's gauges. Before `kpi.status()` has answered they are left out
+/// rather than reported as a healthy zero.
+fn fold_gauges(out: &mut String, p: &str, f: &FoldHealth) {
+    let mut gauge = |name: &str, help: &str, v: Option<f64>| {
+        header(out, p, name, "gauge", help);
+        if let Some(v) = v {
+            let _ = writeln!(out, "{p}_{name} {v}");
+        }
+    };
+    let known = |v: f64| f.known.then_some(v);
+    gauge(
+        "fold_lag_seconds",
+        "Upper bound on the age of the oldest delta not folded yet (kpi.status()).",
+        f.lag_seconds.filter(|_| f.known),
+    );
+    gauge(
+        "fold_pending_rows",
+        "Delta rows waiting to be folded.",
+        known(f.pending_rows as f64),
+    );
+    gauge(
+        "fold_worker_running",
+        "1 while the database's fold worker is running.",
+        known(f64::from(u8::from(
+            f.worker_state.as_deref() == Some("running"),
+        ))),
+    );
+    gauge(
+        "fold_failing_kpis",
+        "KPIs whose merge fails now (their deltas stay pending).",
+        known(f.failing_kpis.len() as f64),
+    );
+    gauge(
+        "fold_stalled",
+        "1 while no fold worker runs with deltas pending, or the fold lag is over fold.lag_limit_ms.",
+        known(f64::from(u8::from(f.stalled))),
+    );
+    gauge(
+        "fold_fallback_active",
+        "1 while the notifier folds itself because the fold is stalled.",
+        known(f64::from(u8::from(f.fallback_active))),
+    );
 }
 
 fn histogram(out: &mut String, p: &str, name: &str, help: &str, h: &Histogram) {
@@ -447,11 +526,26 @@ mod tests {
             ready: true,
             kpis: 0,
             dim_filters: 0,
+            fold: FoldHealth::default(),
         });
         assert!(text.contains(&format!(
             "kpi_notifier_notify_to_send_seconds_bucket{{le=\"0.005\"}} {n}"
         )));
         assert!(text.contains(&format!("kpi_notifier_notify_to_send_seconds_count {n}")));
+    }
+
+    #[test]
+    fn fold_gauges_are_absent_until_known() {
+        let text = Metrics::default().render(&Gauges {
+            ready: false,
+            kpis: 0,
+            dim_filters: 0,
+            fold: FoldHealth::default(),
+        });
+        assert!(text.contains("# TYPE kpi_notifier_fold_stalled gauge"));
+        assert!(!text
+            .lines()
+            .any(|l| l.starts_with("kpi_notifier_fold_stalled ")));
     }
 
     #[test]
@@ -468,6 +562,15 @@ mod tests {
             ready: true,
             kpis: 2,
             dim_filters: 0,
+            fold: FoldHealth {
+                known: true,
+                worker_state: Some("disabled".into()),
+                pending_rows: 7,
+                lag_seconds: Some(1.5),
+                stalled: true,
+                fallback_active: true,
+                ..FoldHealth::default()
+            },
         });
         for line in [
             "kpi_notifier_connections{transport=\"ws\"} 1",
@@ -482,6 +585,12 @@ mod tests {
             "kpi_notifier_kpis 2",
             "kpi_notifier_client_errors_total{code=\"bad_since\"} 1",
             "kpi_notifier_ws_closes_total{code=\"4002\"} 1",
+            "kpi_notifier_fold_lag_seconds 1.5",
+            "kpi_notifier_fold_pending_rows 7",
+            "kpi_notifier_fold_worker_running 0",
+            "kpi_notifier_fold_stalled 1",
+            "kpi_notifier_fold_fallback_active 1",
+            "kpi_notifier_fallback_folds_total 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

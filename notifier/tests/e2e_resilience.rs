@@ -395,8 +395,8 @@ fn values_are_published_while_the_server_runtime_is_busy() {
         let cluster = cluster().await;
         exec(&cluster, SETUP).await;
         let (trigger, flag) = notifier::shutdown::channel();
-        let (state, listener) = notifier::state(config(&cluster), flag.clone()).unwrap();
-        let feed = listener.spawn(flag).unwrap();
+        let (state, feeds) = notifier::state(config(&cluster), flag.clone()).unwrap();
+        let feed = feeds.listener.spawn(flag).unwrap();
         let hub = state.hub.clone();
         let deadline = Instant::now() + Duration::from_secs(30);
         while hub.current("k").is_none() {

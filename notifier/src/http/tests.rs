@@ -36,7 +36,7 @@ fn config() -> Config {
 
 fn state_with(config: Config, loaded: bool) -> (AppState, shutdown::Trigger) {
     let (trigger, flag) = shutdown::channel();
-    let (state, _listener) = crate::state(config, flag).unwrap();
+    let (state, _feeds) = crate::state(config, flag).unwrap();
     if loaded {
         for (k, v) in [("a", 3), ("b", 9)] {
             let data = json!({"kpi": k, "version": v}).to_string();

@@ -66,7 +66,7 @@ fn publish_filtered(state: &AppState, kpi: &str, filter: &Value, version: i64) {
 
 async fn harness_with(config: Config, scope: Scope, buffer: usize) -> Harness {
     let (trigger, flag) = shutdown::channel();
-    let (state, _listener) = crate::state(config, flag).unwrap();
+    let (state, _feeds) = crate::state(config, flag).unwrap();
     publish(&state, "a", 1);
     publish(&state, "b", 7);
     state.hub.mark_loaded();
@@ -321,7 +321,7 @@ async fn shutdown_closes_1001_and_dropped_kpis_are_reported() {
 #[tokio::test]
 async fn not_ready_before_the_first_load() {
     let (_trigger, flag) = shutdown::channel();
-    let (state, _listener) = crate::state(Config::default(), flag).unwrap();
+    let (state, _feeds) = crate::state(Config::default(), flag).unwrap();
     let (mut client, _task) = connect(&state, Principal::anonymous(), 4096).await;
     client
         .send(Message::Text(
