@@ -240,7 +240,7 @@ unsafe fn analyze_unguarded(
 
 /// The raw expression of `SELECT <expr>` when the text is exactly that: one statement,
 /// one unnamed target and no other clause.
-unsafe fn single_target(sql: &CStr) -> Option<*mut pg_sys::Node> {
+pub(crate) unsafe fn single_target(sql: &CStr) -> Option<*mut pg_sys::Node> {
     unsafe {
         let stmts = pg_sys::raw_parser(sql.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
         if list_len(stmts) != 1 {

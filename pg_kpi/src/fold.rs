@@ -2,8 +2,9 @@
 //! where rows were removed, apply retention, bump versions, and NOTIFY once.
 //!
 //! All of it is one transaction. Folds are serialized by an advisory lock, so the fold
-//! worker, `kpi.fold()` and TRUNCATE rebuilds never interleave. Alert rules will be
-//! evaluated here too, right after the merge, on exactly the KPIs that changed.
+//! worker, `kpi.fold()` and TRUNCATE rebuilds never interleave. Alert rules are
+//! evaluated here too, right after the merge, on exactly the KPIs that changed (see
+//! `alerts`).
 //!
 //! The merges run in a subtransaction (`subxact`), and if that fails, each KPI in one
 //! of its own: a KPI whose merge fails is rolled back alone, its deltas go back into the
@@ -93,6 +94,7 @@ pub fn fold() -> KpiResult<i64> {
         let versions = bump_versions(&touched)?;
         notify_versions(&versions)?;
     }
+    crate::alerts::in_fold(&touched)?;
     let end = unsafe { pg_sys::GetCurrentTimestamp() };
     health::record_fold(start, end, &quarantine::failing());
     Ok(drained_rows)

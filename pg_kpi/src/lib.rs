@@ -10,6 +10,7 @@
 //! - [`triggers`]: the triggers on source tables.
 //! - [`capture`]: the row trigger and transaction hooks that buffer deltas.
 //! - [`deltas`]: the delta batches writers append and the fold reads.
+//! - [`alerts`]: alert rules, their conditions and state, evaluated by the fold.
 //! - [`fold`]: merging deltas into aggregates, versions, NOTIFY; [`prepared`]: the
 //!   plans it keeps.
 //! - [`workers`]: the launcher and the fold workers it keeps running, how commits wake
@@ -19,6 +20,7 @@
 
 use pgrx::prelude::*;
 
+mod alerts;
 mod api;
 mod capture;
 mod catalog;
@@ -45,6 +47,7 @@ pgrx::pg_module_magic!();
 mod kpi {}
 
 extension_sql_file!("sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!("sql/alerts.sql", name = "alerts", requires = ["bootstrap"]);
 extension_sql_file!("sql/api.sql", name = "api", finalize);
 
 #[pg_guard]

@@ -3,13 +3,13 @@
 //! tests/ instead; here, data reaches the views through backfill and `kpi.fold()`.
 
 #[pgrx::pg_schema]
-mod tests {
+pub(crate) mod tests {
     use pgrx::pg_sys;
     use pgrx::prelude::*;
 
     /// Runs `sql` in a subtransaction; on error returns (SQLSTATE, message, hint) and rolls
     /// the subtransaction back, exactly like a PL/pgSQL EXCEPTION block.
-    fn try_sql(sql: &str) -> Result<(), (String, String, Option<String>)> {
+    pub(crate) fn try_sql(sql: &str) -> Result<(), (String, String, Option<String>)> {
         unsafe {
             let context = pg_sys::CurrentMemoryContext;
             let owner = pg_sys::CurrentResourceOwner;
@@ -40,7 +40,7 @@ mod tests {
         }
     }
 
-    fn setup() {
+    pub(crate) fn setup() {
         Spi::run(
             "CREATE TABLE orders (id bigserial PRIMARY KEY, created_at timestamptz NOT NULL,
                                   region text, channel text, status text, amount numeric(12,2),
@@ -55,7 +55,7 @@ mod tests {
         .expect("setup");
     }
 
-    fn create_checkout() {
+    pub(crate) fn create_checkout() {
         Spi::run(
             "SELECT kpi.create(name => 'checkout', source => 'orders', time_column => 'created_at',
                 measures => 'revenue = sum(amount * quantity), orders = count(*), aov = avg(amount),
@@ -356,7 +356,8 @@ mod tests {
         let left = Spi::get_one::<i64>(
             "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'kpi'::regnamespace
                        AND relname NOT IN ('definitions', 'deltas', 'notify_seq', 'definitions_pkey',
-                                           'definitions_name_key', 'definitions_id_seq'))
+                                           'definitions_name_key', 'definitions_id_seq')
+                       AND relname <> 'alerts' AND relname NOT LIKE 'alert\\_%')
                   + (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal)
                   + (SELECT count(*) FROM kpi.list())",
         )

@@ -4,7 +4,7 @@
 mod create;
 mod drop;
 mod fold;
-mod read;
+pub(crate) mod read;
 mod sketches;
 mod status;
 mod truncate;

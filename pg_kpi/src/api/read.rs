@@ -273,6 +273,73 @@ fn series(
     TableIterator::new(rows)
 }
 
+/// A group's value of the dimension (None: NULL, or no grouping) and its measures.
+pub(crate) type GroupValues = (Option<String>, Vec<Option<AnyNumeric>>);
+
+/// Measure values over the last `window_us`, per value of the dimension `group_by`
+/// (its text, NULL for NULL), or one row for the whole KPI: what alert rules evaluate.
+/// Only the measures in `wanted` are computed; the others are NULL. Groups without rows
+/// in the window are left out; without `group_by` there is always one row. Runs as the extension owner: callers have checked rights.
+pub(crate) fn window_measures(
+    k: &Kpi,
+    window_us: i64,
+    wanted: &[usize],
+    group_by: Option<&str>,
+) -> KpiResult<Vec<GroupValues>> {
+    let none = (String::new(), String::new());
+    let t = match group_by {
+        Some(_) => k.pick_tier(window_us, None),
+        None => read_tier(k, window_us, None, &none),
+    };
+    let window = format!("make_interval(secs => {window_us}::numeric / 1000000)");
+    let (lo, hi) = window_bounds(k, t, "now()", &window);
+    let mut q = Query::window(k, t, lo, hi, &none);
+    if let Some(dim) = group_by {
+        let col = quote_identifier(dim);
+        q.group = format!("s.{col}::text");
+        q.dims_source = format!(" AND r.{col}::text IS NOT DISTINCT FROM s._g");
+    }
+    let cols: Vec<String> = (0..k.measures.len())
+        .map(|i| {
+            if wanted.contains(&i) {
+                q.measure(i)
+            } else {
+                "NULL::numeric".into()
+            }
+        })
+        .collect();
+    // Without groups, one row even for an empty window (a count of 0 is a value).
+    let sql = match group_by {
+        Some(_) => format!(
+            "SELECT s._g::text, {cols} FROM {from} GROUP BY s._g HAVING sum(s._n) <> 0",
+            cols = cols.join(", "),
+            from = q.from(),
+        ),
+        None => format!(
+            "SELECT NULL::text, {cols} FROM {from}",
+            cols = cols.join(", "),
+            from = q.from()
+        ),
+    };
+    let n = k.measures.len();
+    as_extension_owner(|| {
+        prepared::select(&sql, &[], |rows| {
+            rows.map(|r| {
+                let group = if group_by.is_some() {
+                    r.get::<String>(1)?
+                } else {
+                    None
+                };
+                let values = (0..n)
+                    .map(|i| r.get::<AnyNumeric>(i + 2))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((group, values))
+            })
+            .collect::<KpiResult<Vec<_>>>()
+        })
+    })
+}
+
 #[pg_extern(schema = "kpi", name = "_top", stable, parallel_restricted)]
 fn top(
     name: &str,

@@ -103,6 +103,78 @@ CREATE FUNCTION kpi.snapshot(name text, dims jsonb DEFAULT '{}') RETURNS jsonb L
 $$;
 COMMENT ON FUNCTION kpi.snapshot(text, jsonb) IS 'Everything a dashboard card needs: per measure today, the last hour, and that hour a day and a week ago, with the KPI version; over the rows whose dimensions equal dims (all rows for {}).';
 
+-- Alerts (see src/alerts and docs/sql-contract.md).
+CREATE FUNCTION kpi.create_alert(
+    name            text,
+    kpi             text,
+    condition       text,
+    "window"        interval DEFAULT '5 minutes',
+    "for"           interval DEFAULT '0',
+    keep_firing_for interval DEFAULT '0',
+    severity        text     DEFAULT 'warning',
+    labels          jsonb    DEFAULT '{}',
+    summary         text     DEFAULT NULL,
+    group_by        text     DEFAULT NULL,
+    recover         numeric  DEFAULT NULL)
+RETURNS integer LANGUAGE sql VOLATILE AS $$
+    SELECT kpi._create_alert(name, kpi, condition, "window", coalesce("for", '0'),
+                             coalesce(keep_firing_for, '0'), coalesce(severity, 'warning'),
+                             coalesce(labels, '{}'), summary, group_by, recover)
+$$;
+COMMENT ON FUNCTION kpi.create_alert(text, text, text, interval, interval, interval, text, jsonb, text, text, numeric) IS
+'Defines an alert on a KPI: condition compares an expression over the measures of the last "window" with a number (errors / nullif(orders, 0) > 0.05); it is pending once true, firing once true for "for", and resolves once false for keep_firing_for (past recover, when given). severity is info, warning or critical; summary may use {{value}}, {{threshold}}, {{group}}, {{kpi}}, {{alert}}; group_by (a dimension) makes one instance per value. Returns its id.';
+
+CREATE FUNCTION kpi.alter_alert(
+    name            text,
+    condition       text     DEFAULT NULL,
+    "window"        interval DEFAULT NULL,
+    "for"           interval DEFAULT NULL,
+    keep_firing_for interval DEFAULT NULL,
+    severity        text     DEFAULT NULL,
+    labels          jsonb    DEFAULT NULL,
+    summary         text     DEFAULT NULL,
+    recover         numeric  DEFAULT NULL)
+RETURNS boolean LANGUAGE sql VOLATILE AS $$
+    SELECT kpi._alter_alert(name, condition, "window", "for", keep_firing_for, severity, labels, summary, recover)
+$$;
+COMMENT ON FUNCTION kpi.alter_alert(text, text, interval, interval, interval, text, jsonb, text, numeric) IS
+'Changes the given parts of an alert (the others are kept); instances keep their state. To change group_by, drop and create the alert.';
+
+CREATE FUNCTION kpi.drop_alert(name text, if_exists boolean DEFAULT false)
+RETURNS boolean LANGUAGE sql VOLATILE AS $$ SELECT kpi._drop_alert(name, coalesce(if_exists, false)) $$;
+COMMENT ON FUNCTION kpi.drop_alert(text, boolean) IS 'Drops an alert and its state; its history stays.';
+
+CREATE FUNCTION kpi.evaluate_alerts() RETURNS bigint LANGUAGE sql VOLATILE SET jit = off AS $$ SELECT kpi._evaluate_alerts() $$;
+COMMENT ON FUNCTION kpi.evaluate_alerts() IS 'Evaluates every alert rule now (the fold does this on its own); returns the number of transitions.';
+
+-- Rules, state and history are visible for the KPIs the caller can see (the policy on
+-- kpi.definitions applies inside these policies, as the caller).
+ALTER TABLE kpi.alert_rules ENABLE ROW LEVEL SECURITY;
+CREATE POLICY visible_alerts ON kpi.alert_rules FOR SELECT USING (
+    EXISTS (SELECT 1 FROM kpi.definitions d WHERE d.id = kpi_id));
+ALTER TABLE kpi.alert_state ENABLE ROW LEVEL SECURITY;
+CREATE POLICY visible_alert_state ON kpi.alert_state FOR SELECT USING (
+    EXISTS (SELECT 1 FROM kpi.alert_rules r WHERE r.id = rule_id));
+ALTER TABLE kpi.alert_history ENABLE ROW LEVEL SECURITY;
+CREATE POLICY visible_alert_history ON kpi.alert_history FOR SELECT USING (
+    EXISTS (SELECT 1 FROM kpi.definitions d WHERE d.name = kpi));
+GRANT SELECT ON kpi.alert_rules, kpi.alert_state, kpi.alert_history TO PUBLIC;
+
+CREATE VIEW kpi.alerts WITH (security_invoker = true) AS
+SELECT r.name AS alert, d.name AS kpi, r.group_by, coalesce(s.group_value, '') AS group_value,
+       coalesce(s.state, 'inactive') AS state, s.value, r.op, r.threshold, r.recover,
+       r.severity, r.labels, r.summary, r.condition, r."window", r."for", r.keep_firing_for,
+       s.active_since, s.firing_since, s.evaluated_at, r.last_error, r.last_error_at
+  FROM kpi.alert_rules r
+  JOIN kpi.definitions d ON d.id = r.kpi_id
+  LEFT JOIN kpi.alert_state s ON s.rule_id = r.id
+ WHERE s.rule_id IS NULL OR s.state <> 'inactive'
+    OR NOT EXISTS (SELECT 1 FROM kpi.alert_state o WHERE o.rule_id = r.id AND o.state <> 'inactive')
+       AND s.group_value = (SELECT min(o.group_value) FROM kpi.alert_state o WHERE o.rule_id = r.id);
+COMMENT ON VIEW kpi.alerts IS
+'Alerts now: one row per pending or firing instance (per group_by value), and one inactive row for an alert with none; last_error says why its last evaluation failed.';
+GRANT SELECT ON kpi.alerts TO PUBLIC;
+
 -- The planner's default guess for a set-returning function (1000 rows) would make every
 -- read of a KPI view look expensive enough to JIT-compile; pending deltas are few.
 ALTER FUNCTION kpi._pending(integer) ROWS 50;
