@@ -155,3 +155,28 @@ fn a_rule_grouped_by_region_fires_per_region_from_commits() {
     alert_ids(&mut listener, 1);
     assert_eq!(state(&mut client, "big"), "firing,firing,firing");
 }
+
+#[test]
+fn absence_fires_with_no_writes_at_all_and_resolves_on_the_first_row() {
+    let cluster = Cluster::start();
+    cluster.exec(SETUP);
+    let mut client = cluster.connect();
+    wait_for(T, "the fold worker", || cluster.fold_worker_pid());
+    let mut listener = cluster.connect();
+    listener.batch_execute("LISTEN kpi_alerts").expect("LISTEN");
+    // Nothing is ever written before it fires: the worker's once-a-second evaluation.
+    client
+        .batch_execute(
+            "SELECT kpi.create_alert(name => 'silent', kpi => 'k', condition => 'absent(1 minute)')",
+        )
+        .unwrap_or_else(|e| panic!("create_alert: {}", describe_error(&e)));
+    assert_eq!(alert_ids(&mut listener, 1).len(), 1);
+    assert_eq!(state(&mut client, "silent"), "firing");
+    client
+        .batch_execute("INSERT INTO orders(region, v) VALUES ('eu', 1)")
+        .expect("insert");
+    assert_eq!(alert_ids(&mut listener, 1).len(), 1);
+    let h = history(&mut client, "silent");
+    let states: Vec<&str> = h.iter().map(|(_, _, s)| s.as_str()).collect();
+    assert_eq!(states, ["firing", "resolved"]);
+}

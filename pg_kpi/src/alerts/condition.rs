@@ -1,5 +1,8 @@
 //! Alert conditions, parsed and analysed by Postgres as KPI expressions are (see `expr`).
 //!
+//! Two conditions are calls of our own, recognized before Postgres sees the text:
+//! `anomaly(measure, sigmas[, weeks])` and `absent(interval)`.
+//!
 //! A threshold condition compares an expression over the KPI's measures with a number:
 //! `errors / nullif(orders, 0) > 0.05`. Measure names resolve, through a column
 //! reference hook, to parameters (measure i is `$i+1`, typed numeric), so the analysed
@@ -17,17 +20,41 @@ use pgrx::pg_sys::panic::CaughtError;
 use pgrx::{pg_guard, PgSqlErrorCode, PgTryBuilder};
 use std::ffi::{CStr, CString};
 
-/// An analysed threshold condition.
+/// What a condition compares.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kind {
+    /// `value_sql` over the window's measures.
+    Threshold { value_sql: String },
+    /// The z-score of one measure in the window against the same window in each of the
+    /// previous `weeks` weeks (the same hour of the week).
+    Anomaly { weeks: i32 },
+    /// The rows counted in the window (which the condition sets); crossed at 0.
+    Absent { window: String },
+}
+
+/// An analysed condition.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Condition {
-    /// The compared value, deparsed, over `$1…$n` (measure i is `$i+1`).
-    pub value_sql: String,
+    pub kind: Kind,
     pub op: &'static str,
     /// The number compared with, as Postgres printed it.
     pub threshold: String,
     /// Indexes of the measures the value reads.
     pub measures: Vec<i32>,
 }
+
+impl Condition {
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            Kind::Threshold { .. } => "threshold",
+            Kind::Anomaly { .. } => "anomaly",
+            Kind::Absent { .. } => "absent",
+        }
+    }
+}
+
+/// Weeks of history an anomaly compares with, unless its condition says.
+const DEFAULT_WEEKS: i32 = 4;
 
 const HINT: &str = "A condition compares an expression over the KPI's measures with a number, such as errors / nullif(orders, 0) > 0.05 or orders < 50.";
 
@@ -41,8 +68,94 @@ struct Scope {
     used: Vec<i32>,
 }
 
-/// Parses `text` as a threshold condition over `kpi`'s measures.
+/// `name( … )` as the whole of `text`: the text between the parentheses.
+fn call<'t>(text: &'t str, name: &str) -> Option<&'t str> {
+    let t = text.trim();
+    let rest = t
+        .get(..name.len())?
+        .eq_ignore_ascii_case(name)
+        .then(|| &t[name.len()..])?;
+    let inner = rest.trim_start().strip_prefix('(')?.strip_suffix(')')?;
+    (!inner.contains(['(', ')', ';'])).then_some(inner)
+}
+
+/// `anomaly(measure, sigmas[, weeks])`.
+fn anomaly(kpi: &Kpi, args: &str) -> KpiResult<Condition> {
+    let hint = "anomaly(measure, sigmas[, weeks]): for example anomaly(orders, 3), or anomaly(orders, 3, 8) to compare with 8 weeks.";
+    let parts: Vec<&str> = args.split(',').map(str::trim).collect();
+    let wrong = |m: String| KpiError::invalid(m, hint);
+    if !(2..=3).contains(&parts.len()) {
+        return Err(wrong(format!(
+            "anomaly takes a measure, sigmas and optionally weeks, not \"{args}\""
+        )));
+    }
+    let i = kpi.measure_index(parts[0])?;
+    let sigmas: f64 = parts[1]
+        .parse()
+        .ok()
+        .filter(|s: &f64| s.is_finite() && *s > 0.0)
+        .ok_or_else(|| {
+            wrong(format!(
+                "sigmas must be a positive number, not \"{}\"",
+                parts[1]
+            ))
+        })?;
+    let weeks = match parts.get(2) {
+        None => DEFAULT_WEEKS,
+        Some(w) => w
+            .parse::<i32>()
+            .ok()
+            .filter(|w| (2..=52).contains(w))
+            .ok_or_else(|| {
+                wrong(format!(
+                    "weeks must be a whole number from 2 to 52, not \"{w}\""
+                ))
+            })?,
+    };
+    Ok(Condition {
+        kind: Kind::Anomaly { weeks },
+        op: ">",
+        threshold: format!("{sigmas}"),
+        measures: vec![i as i32],
+    })
+}
+
+/// `absent(interval)`, the interval quoted or not.
+fn absent(args: &str) -> KpiResult<Condition> {
+    let text = args.trim().trim_matches('\'').trim();
+    let hint = "absent(interval): for example absent(10 minutes).";
+    let us = crate::subxact::isolated(|| {
+        crate::prepared::select_one::<i64>(
+            "SELECT (extract(epoch FROM $1::interval) * 1000000)::bigint",
+            &[text.into()],
+        )
+    })
+    .map_err(|e| KpiError::invalid(format!("absent: {e}"), hint))?;
+    if us.unwrap_or(0) <= 0 {
+        return Err(KpiError::invalid(
+            format!("absent needs a positive interval, not \"{text}\""),
+            hint,
+        ));
+    }
+    Ok(Condition {
+        kind: Kind::Absent {
+            window: text.to_string(),
+        },
+        op: "<=",
+        threshold: "0".into(),
+        measures: Vec::new(),
+    })
+}
+
+/// Parses `text` as a condition over `kpi`'s measures: `anomaly(…)`, `absent(…)`, or a
+/// threshold comparison.
 pub fn analyze(kpi: &Kpi, text: &str) -> KpiResult<Condition> {
+    if let Some(args) = call(text, "anomaly") {
+        return anomaly(kpi, args);
+    }
+    if let Some(args) = call(text, "absent") {
+        return absent(args);
+    }
     if text.trim().is_empty() {
         return Err(bad(
             PgSqlErrorCode::ERRCODE_SYNTAX_ERROR,
@@ -145,7 +258,9 @@ unsafe fn analyze_unguarded(sql: &CStr, scope: &mut Scope) -> KpiResult<Conditio
             ));
         }
         Ok(Condition {
-            value_sql: deparse(value),
+            kind: Kind::Threshold {
+                value_sql: deparse(value),
+            },
             op,
             threshold: deparse(threshold),
             measures,

@@ -6,7 +6,7 @@
 
 use super::rules::Rule;
 use super::state::{self, Instance, Seen, State, Transition};
-use crate::api::read::window_measures;
+use crate::api::read::{window_measures, GroupValues};
 use crate::catalog::Kpi;
 use crate::errors::{KpiError, KpiResult};
 use crate::prepared;
@@ -85,24 +85,37 @@ struct Reading {
     seen: Seen,
 }
 
+impl Reading {
+    /// No value: nothing crosses.
+    const NONE: Reading = Reading {
+        value: None,
+        value_text: None,
+        seen: Seen {
+            crossed: false,
+            still_crossed: false,
+        },
+    };
+}
+
 fn evaluate_rule(rule: &Rule, k: &Kpi, now: i64) -> KpiResult<usize> {
-    let wanted: Vec<usize> = rule.measures.iter().map(|&i| i as usize).collect();
-    let groups = window_measures(k, rule.window_us, &wanted, rule.group_by.as_deref())?;
-    let mut readings: BTreeMap<String, Reading> = BTreeMap::new();
-    for (group, values) in groups {
-        readings.insert(group.unwrap_or_default(), read_value(rule, values)?);
+    let (mut readings, reason) = match rule.kind.as_str() {
+        "anomaly" => anomaly_readings(rule, k)?,
+        "absent" => (absent_readings(rule, k)?, None),
+        _ => (threshold_readings(rule, k)?, None),
+    };
+    if reason != rule.reason {
+        as_extension_owner(|| {
+            prepared::run(
+                "UPDATE kpi.alert_rules SET reason = $2 WHERE id = $1",
+                &[rule.id.into(), reason.into()],
+                |_| Ok(()),
+            )
+        })?;
     }
     let mut instances = load_instances(rule.id)?;
     // Instances with no data in the window any more see a NULL value: not crossed.
     for group in instances.keys() {
-        readings.entry(group.clone()).or_insert(Reading {
-            value: None,
-            value_text: None,
-            seen: Seen {
-                crossed: false,
-                still_crossed: false,
-            },
-        });
+        readings.entry(group.clone()).or_insert(Reading::NONE);
     }
     let mut transitions = 0;
     for (group, reading) in readings {
@@ -121,6 +134,123 @@ fn evaluate_rule(rule: &Rule, k: &Kpi, now: i64) -> KpiResult<usize> {
     Ok(transitions)
 }
 
+type Readings = BTreeMap<String, Reading>;
+
+fn threshold_readings(rule: &Rule, k: &Kpi) -> KpiResult<Readings> {
+    let wanted: Vec<usize> = rule.measures.iter().map(|&i| i as usize).collect();
+    let mut readings = Readings::new();
+    for g in window_measures(k, rule.window_us, 0, &wanted, rule.group_by.as_deref())? {
+        readings.insert(g.group.unwrap_or_default(), read_value(rule, g.values)?);
+    }
+    Ok(readings)
+}
+
+/// `absent(interval)`: the rows counted in the window, crossed at none.
+fn absent_readings(rule: &Rule, k: &Kpi) -> KpiResult<Readings> {
+    let rows = window_measures(k, rule.window_us, 0, &[], None)?
+        .first()
+        .map_or(0, |g| g.rows);
+    let none = rows == 0;
+    let reading = Reading {
+        value: Some(AnyNumeric::from(rows)),
+        value_text: Some(rows.to_string()),
+        seen: Seen {
+            crossed: none,
+            still_crossed: none,
+        },
+    };
+    Ok(Readings::from([(String::new(), reading)]))
+}
+
+const WEEK_US: i64 = 7 * 86_400_000_000;
+
+/// `anomaly(measure, sigmas, weeks)`: the z-score of the measure in the window against
+/// the same window in each of the previous weeks. A group with a week without data
+/// cannot be judged, and does not cross; the reason says how much history is missing.
+fn anomaly_readings(rule: &Rule, k: &Kpi) -> KpiResult<(Readings, Option<String>)> {
+    let i = rule.measures.first().map_or(0, |&i| i as usize);
+    let weeks = rule.weeks.unwrap_or(4).max(1);
+    let group_by = rule.group_by.as_deref();
+    let sigmas: f64 = rule.threshold.parse().unwrap_or(f64::INFINITY);
+    let recover: f64 = rule
+        .recover
+        .as_deref()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(sigmas);
+    let value_of = |g: &GroupValues| -> Option<f64> {
+        let v = g.values.get(i).cloned().flatten()?;
+        f64::try_from(v).ok().filter(|_| g.rows != 0)
+    };
+    let mut past: Vec<HashMap<String, f64>> = Vec::with_capacity(weeks as usize);
+    for w in 1..=i64::from(weeks) {
+        let week = window_measures(k, rule.window_us, w * WEEK_US, &[i], group_by)?
+            .iter()
+            .filter_map(|g| Some((g.group.clone().unwrap_or_default(), value_of(g)?)))
+            .collect();
+        past.push(week);
+    }
+    let mut readings = Readings::new();
+    let (mut short, mut total, mut fewest) = (0, 0, weeks as usize);
+    for g in window_measures(k, rule.window_us, 0, &[i], group_by)? {
+        let group = g.group.clone().unwrap_or_default();
+        total += 1;
+        let history: Vec<f64> = past.iter().filter_map(|w| w.get(&group).copied()).collect();
+        let current = g
+            .values
+            .get(i)
+            .cloned()
+            .flatten()
+            .and_then(|v| f64::try_from(v).ok());
+        let (Some(current), true) = (current, history.len() == weeks as usize) else {
+            short += 1;
+            fewest = fewest.min(history.len());
+            readings.insert(group, Reading::NONE);
+            continue;
+        };
+        let z = z_score(current, &history);
+        let value = AnyNumeric::try_from((z * 1000.0).round() / 1000.0).ok();
+        readings.insert(
+            group,
+            Reading {
+                value_text: value.as_ref().map(|v| v.to_string()),
+                value,
+                seen: Seen {
+                    crossed: z.abs() > sigmas,
+                    still_crossed: z.abs() > recover,
+                },
+            },
+        );
+    }
+    let reason = match (short, group_by) {
+        (0, _) => None,
+        (_, None) => Some(format!("{fewest} of {weeks} weeks of history needed")),
+        (_, Some(_)) => Some(format!(
+            "{short} of {total} groups have too little history ({weeks} weeks needed, the fewest has {fewest})"
+        )),
+    };
+    Ok((readings, reason))
+}
+
+/// How many (sample) standard deviations `x` lies from the mean of `history`. A flat
+/// history makes any change infinitely far: reported as ±1e9.
+fn z_score(x: f64, history: &[f64]) -> f64 {
+    let n = history.len() as f64;
+    let mean = history.iter().sum::<f64>() / n;
+    let var = if history.len() > 1 {
+        history.iter().map(|h| (h - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    let sd = var.sqrt();
+    if sd > 0.0 {
+        (x - mean) / sd
+    } else if x == mean {
+        0.0
+    } else {
+        1e9_f64.copysign(x - mean)
+    }
+}
+
 /// The rule's value from one group's measures, compared with its thresholds; computed
 /// as the rule's owner (the expression may call their immutable functions).
 fn read_value(rule: &Rule, values: Vec<Option<AnyNumeric>>) -> KpiResult<Reading> {
@@ -131,7 +261,7 @@ fn read_value(rule: &Rule, values: Vec<Option<AnyNumeric>>) -> KpiResult<Reading
         op = rule.op,
         t = rule.threshold,
         r = recover,
-        value = rule.value_sql,
+        value = rule.value_sql.as_deref().unwrap_or("NULL"),
     );
     let args: Vec<DatumWithOid> = values.into_iter().map(DatumWithOid::from).collect();
     as_role(rule.owner, || {
@@ -259,4 +389,19 @@ fn record_transition(
         &[format!("{{\"id\":{id}}}").as_str().into()],
         |_| Ok(()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::z_score;
+
+    #[test]
+    fn z_scores() {
+        assert_eq!(z_score(10.0, &[10.0, 10.0, 10.0]), 0.0);
+        assert_eq!(z_score(11.0, &[10.0, 10.0, 10.0]), 1e9);
+        assert_eq!(z_score(9.0, &[10.0, 10.0]), -1e9);
+        // mean 10, sample sd 2
+        let z = z_score(16.0, &[8.0, 10.0, 12.0]);
+        assert!((z - 3.0).abs() < 1e-12, "{z}");
+    }
 }

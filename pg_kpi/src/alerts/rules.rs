@@ -1,7 +1,7 @@
 //! Alert rules: `kpi.create_alert`, `kpi.alter_alert`, `kpi.drop_alert`, and a rule as
 //! the evaluation loads it.
 
-use super::condition::{self, Condition};
+use super::condition::{self, Condition, Kind};
 use crate::catalog::Kpi;
 use crate::errors::{KpiError, KpiResult, OrRaise};
 use crate::prepared;
@@ -18,7 +18,10 @@ pub struct Rule {
     pub id: i32,
     pub name: String,
     pub kpi_id: i32,
-    pub value_sql: String,
+    /// `threshold`, `anomaly` or `absent` (see `condition::Kind`).
+    pub kind: String,
+    pub value_sql: Option<String>,
+    pub weeks: Option<i32>,
     pub op: String,
     pub threshold: String,
     pub recover: Option<String>,
@@ -33,12 +36,13 @@ pub struct Rule {
     pub owner: pg_sys::Oid,
     /// The last evaluation failed (`last_error` is set).
     pub has_error: bool,
+    pub reason: Option<String>,
 }
 
 const SELECT: &str = "SELECT id, name, kpi_id, value_sql, op, threshold::text, recover::text, measures,
         (extract(epoch FROM \"window\") * 1000000)::bigint, (extract(epoch FROM \"for\") * 1000000)::bigint,
         (extract(epoch FROM keep_firing_for) * 1000000)::bigint, severity, labels::text, summary, group_by, owner::oid,
-        last_error IS NOT NULL
+        last_error IS NOT NULL, kind, weeks, reason
    FROM kpi.alert_rules";
 
 impl Rule {
@@ -54,7 +58,7 @@ impl Rule {
                     id: r.get::<i32>(1)?.unwrap_or_default(),
                     name: text(2)?,
                     kpi_id: r.get::<i32>(3)?.unwrap_or_default(),
-                    value_sql: text(4)?,
+                    value_sql: r.get::<String>(4)?,
                     op: text(5)?,
                     threshold: text(6)?,
                     recover: r.get::<String>(7)?,
@@ -68,6 +72,9 @@ impl Rule {
                     group_by: r.get::<String>(15)?,
                     owner: r.get::<pg_sys::Oid>(16)?.unwrap_or(pg_sys::InvalidOid),
                     has_error: r.get::<bool>(17)?.unwrap_or(false),
+                    kind: text(18)?,
+                    weeks: r.get::<i32>(19)?,
+                    reason: r.get::<String>(20)?,
                 })
             })
             .collect()
@@ -165,6 +172,18 @@ impl Definition {
             })?;
         }
         let condition = condition::analyze(kpi, condition_text)?;
+        let mut window = window;
+        if let Kind::Absent { window: w } = &condition.kind {
+            if group_by.is_some() || recover.is_some() {
+                return Err(KpiError::new(
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    "an absent() alert takes neither group_by nor recover",
+                    "absent(interval) fires when the whole KPI counted no rows for that long; for one dimension value, use a KPI with a filter.",
+                ));
+            }
+            window = prepared::select_one::<Interval>("SELECT $1::interval", &[w.as_str().into()])?
+                .ok_or_else(|| KpiError::internal("interval cast returned NULL"))?;
+        }
         if let Some(r) = &recover {
             check_recover(&condition, r)?;
         }
@@ -179,6 +198,22 @@ impl Definition {
             group_by,
             recover,
         })
+    }
+}
+
+impl Definition {
+    fn value_sql(&self) -> Option<String> {
+        match &self.condition.kind {
+            Kind::Threshold { value_sql } => Some(value_sql.clone()),
+            _ => None,
+        }
+    }
+
+    fn weeks(&self) -> Option<i32> {
+        match self.condition.kind {
+            Kind::Anomaly { weeks } => Some(weeks),
+            _ => None,
+        }
     }
 }
 
@@ -300,11 +335,14 @@ fn create_alert(
         let owner = current_user();
         let sql = format!(
             "INSERT INTO kpi.alert_rules (name, kpi_id, condition, value_sql, op, threshold, recover,
-                 measures, \"window\", \"for\", keep_firing_for, severity, labels, summary, group_by, owner)
-             VALUES ($1, $2, $3, $4, $5, ({threshold})::numeric, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::oid::regrole)
+                 measures, \"window\", \"for\", keep_firing_for, severity, labels, summary, group_by, owner,
+                 kind, weeks)
+             VALUES ($1, $2, $3, $4, $5, ({threshold})::numeric, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                     $15::oid::regrole, $16, $17)
              RETURNING id",
             threshold = d.condition.threshold,
         );
+        let (weeks, value_sql) = (d.weeks(), d.value_sql());
         as_extension_owner(|| {
             prepared::run(
                 &sql,
@@ -312,7 +350,7 @@ fn create_alert(
                     name.into(),
                     k.id.into(),
                     condition.into(),
-                    d.condition.value_sql.as_str().into(),
+                    value_sql.into(),
                     d.condition.op.into(),
                     d.recover.into(),
                     d.condition.measures.clone().into(),
@@ -324,6 +362,8 @@ fn create_alert(
                     d.summary.into(),
                     d.group_by.into(),
                     owner.into(),
+                    d.condition.kind_name().into(),
+                    weeks.into(),
                 ],
                 |mut rows| {
                     rows.next()
@@ -392,17 +432,19 @@ fn alter_alert(
         let sql = format!(
             "UPDATE kpi.alert_rules SET condition = $2, value_sql = $3, op = $4,
                     threshold = ({threshold})::numeric, recover = $5, measures = $6, \"window\" = $7,
-                    \"for\" = $8, keep_firing_for = $9, severity = $10, labels = $11, summary = $12
+                    \"for\" = $8, keep_firing_for = $9, severity = $10, labels = $11, summary = $12,
+                    kind = $13, weeks = $14, reason = NULL
               WHERE name = $1",
             threshold = d.condition.threshold,
         );
+        let (weeks, value_sql) = (d.weeks(), d.value_sql());
         as_extension_owner(|| {
             prepared::run(
                 &sql,
                 &[
                     name.into(),
                     condition_text.as_str().into(),
-                    d.condition.value_sql.as_str().into(),
+                    value_sql.into(),
                     d.condition.op.into(),
                     d.recover.into(),
                     d.condition.measures.clone().into(),
@@ -412,6 +454,8 @@ fn alter_alert(
                     d.severity.as_str().into(),
                     JsonB(d.labels).into(),
                     d.summary.into(),
+                    d.condition.kind_name().into(),
+                    weeks.into(),
                 ],
                 |_| Ok(()),
             )

@@ -357,4 +357,97 @@ mod tests {
             "nor of a KPI it cannot read"
         );
     }
+
+    #[pg_test]
+    fn absent_fires_with_no_rows_and_resolves_with_one() {
+        Spi::run(
+            "CREATE TABLE ev (at timestamptz NOT NULL, v int);
+             SELECT kpi.create(name => 'ev', source => 'ev', time_column => 'at', measures => 'n = count(*)',
+                               dimensions => '{v}');
+             SELECT kpi.create_alert(name => 'quiet', kpi => 'ev', condition => 'absent(10 minutes)');",
+        )
+        .expect("rule");
+        assert_eq!(
+            one::<String>("SELECT \"window\"::text FROM kpi.alerts WHERE alert = 'quiet'")
+                .as_deref(),
+            Some("00:10:00"),
+            "absent() sets the window"
+        );
+        assert_eq!(evaluate(), 1);
+        assert_eq!(states("quiet"), [(String::new(), "firing".into())]);
+        Spi::run("INSERT INTO ev VALUES (now(), 1); SELECT kpi._flush_for_tests();")
+            .expect("insert");
+        assert_eq!(evaluate(), 1);
+        assert_eq!(history("quiet"), ["firing", "resolved"]);
+        for (cond, extra, code) in [
+            (
+                "absent(10 minutes)",
+                ", group_by => 'v'",
+                "FEATURE_NOT_SUPPORTED",
+            ),
+            ("absent(soon)", "", "INVALID_PARAMETER_VALUE"),
+            ("absent(-5 minutes)", "", "INVALID_PARAMETER_VALUE"),
+        ] {
+            let sql = format!(
+                "SELECT kpi.create_alert(name => 'q2', kpi => 'ev', condition => '{cond}'{extra})"
+            );
+            let r = try_sql(&sql);
+            assert!(
+                matches!(&r, Err((c, _, Some(_))) if c.contains(code)),
+                "{sql}: {r:?}"
+            );
+        }
+    }
+
+    /// Four weeks of history (11, 12, 13, 14 rows in the same 10 minutes of the week),
+    /// then a normal and an abnormal present.
+    #[pg_test]
+    fn anomaly_compares_with_the_same_window_in_past_weeks() {
+        Spi::run(
+            "CREATE TABLE ev (at timestamptz NOT NULL, v int);
+             INSERT INTO ev SELECT now() - w * interval '7 days' - interval '1 minute', 1
+               FROM generate_series(1, 4) w, LATERAL generate_series(1, 10 + w) i;
+             INSERT INTO ev SELECT now() - interval '1 minute', 1 FROM generate_series(1, 12);
+             SELECT kpi.create(name => 'ev', source => 'ev', time_column => 'at', measures => 'n = count(*)');
+             SELECT kpi.create_alert(name => 'odd', kpi => 'ev', condition => 'anomaly(n, 3)', \"window\" => '10 minutes');
+             SELECT kpi.create_alert(name => 'odd8', kpi => 'ev', condition => 'anomaly(n, 3, 8)', \"window\" => '10 minutes');",
+        )
+        .expect("history and rules");
+        evaluate();
+        assert_eq!(states("odd"), [(String::new(), "inactive".into())]);
+        assert_eq!(
+            one::<String>("SELECT reason FROM kpi.alerts WHERE alert = 'odd'"),
+            None
+        );
+        assert_eq!(
+            one::<String>("SELECT reason FROM kpi.alerts WHERE alert = 'odd8'").as_deref(),
+            Some("4 of 8 weeks of history needed")
+        );
+        Spi::run(
+            "INSERT INTO ev SELECT now(), 1 FROM generate_series(1, 40); SELECT kpi._flush_for_tests();",
+        )
+        .expect("a spike");
+        assert_eq!(evaluate(), 1, "only the rule with enough history fires");
+        assert_eq!(states("odd"), [(String::new(), "firing".into())]);
+        // mean 12.5, sample sd 1.291: (52 - 12.5) / 1.291 = 30.59
+        let z =
+            one::<f64>("SELECT value::float8 FROM kpi.alerts WHERE alert = 'odd'").unwrap_or(0.0);
+        assert!((z - 30.594).abs() < 0.01, "{z}");
+        assert_eq!(states("odd8"), [(String::new(), "inactive".into())]);
+        for (cond, code) in [
+            ("anomaly(nope, 3)", "UNDEFINED"),
+            ("anomaly(n, -1)", "INVALID_PARAMETER_VALUE"),
+            ("anomaly(n, 3, 1)", "INVALID_PARAMETER_VALUE"),
+            ("anomaly(n)", "INVALID_PARAMETER_VALUE"),
+        ] {
+            let sql = format!(
+                "SELECT kpi.create_alert(name => 'o2', kpi => 'ev', condition => '{cond}')"
+            );
+            let r = try_sql(&sql);
+            assert!(
+                matches!(&r, Err((c, _, Some(_))) if c.contains(code)),
+                "{sql}: {r:?}"
+            );
+        }
+    }
 }

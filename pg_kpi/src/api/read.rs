@@ -273,26 +273,35 @@ fn series(
     TableIterator::new(rows)
 }
 
-/// A group's value of the dimension (None: NULL, or no grouping) and its measures.
-pub(crate) type GroupValues = (Option<String>, Vec<Option<AnyNumeric>>);
+/// One group of [`window_measures`]: the dimension's value (None: NULL, or no
+/// grouping), the rows counted, and the measures.
+pub(crate) struct GroupValues {
+    pub group: Option<String>,
+    pub rows: i64,
+    pub values: Vec<Option<AnyNumeric>>,
+}
 
-/// Measure values over the last `window_us`, per value of the dimension `group_by`
-/// (its text, NULL for NULL), or one row for the whole KPI: what alert rules evaluate.
-/// Only the measures in `wanted` are computed; the others are NULL. Groups without rows
-/// in the window are left out; without `group_by` there is always one row. Runs as the extension owner: callers have checked rights.
+/// Measure values over `window_us` ending `ago_us` before now, per value of the
+/// dimension `group_by`, or one row for the whole KPI: what alert rules evaluate. Only
+/// the measures in `wanted` are computed; the others are NULL. Groups without rows in
+/// the window are left out; without `group_by` there is always one row. Runs as the
+/// extension owner: callers have checked rights.
 pub(crate) fn window_measures(
     k: &Kpi,
     window_us: i64,
+    ago_us: i64,
     wanted: &[usize],
     group_by: Option<&str>,
 ) -> KpiResult<Vec<GroupValues>> {
     let none = (String::new(), String::new());
+    let reach = window_us + ago_us;
     let t = match group_by {
-        Some(_) => k.pick_tier(window_us, None),
-        None => read_tier(k, window_us, None, &none),
+        Some(_) => k.pick_tier(reach, None),
+        None => read_tier(k, reach, None, &none),
     };
     let window = format!("make_interval(secs => {window_us}::numeric / 1000000)");
-    let (lo, hi) = window_bounds(k, t, "now()", &window);
+    let end = format!("now() - make_interval(secs => {ago_us}::numeric / 1000000)");
+    let (lo, hi) = window_bounds(k, t, &end, &window);
     let mut q = Query::window(k, t, lo, hi, &none);
     if let Some(dim) = group_by {
         let col = quote_identifier(dim);
@@ -311,12 +320,12 @@ pub(crate) fn window_measures(
     // Without groups, one row even for an empty window (a count of 0 is a value).
     let sql = match group_by {
         Some(_) => format!(
-            "SELECT s._g::text, {cols} FROM {from} GROUP BY s._g HAVING sum(s._n) <> 0",
+            "SELECT s._g::text, sum(s._n)::bigint, {cols} FROM {from} GROUP BY s._g HAVING sum(s._n) <> 0",
             cols = cols.join(", "),
             from = q.from(),
         ),
         None => format!(
-            "SELECT NULL::text, {cols} FROM {from}",
+            "SELECT NULL::text, coalesce(sum(s._n), 0)::bigint, {cols} FROM {from}",
             cols = cols.join(", "),
             from = q.from()
         ),
@@ -325,15 +334,17 @@ pub(crate) fn window_measures(
     as_extension_owner(|| {
         prepared::select(&sql, &[], |rows| {
             rows.map(|r| {
-                let group = if group_by.is_some() {
-                    r.get::<String>(1)?
-                } else {
-                    None
-                };
-                let values = (0..n)
-                    .map(|i| r.get::<AnyNumeric>(i + 2))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok((group, values))
+                Ok(GroupValues {
+                    group: if group_by.is_some() {
+                        r.get::<String>(1)?
+                    } else {
+                        None
+                    },
+                    rows: r.get::<i64>(2)?.unwrap_or(0),
+                    values: (0..n)
+                        .map(|i| r.get::<AnyNumeric>(i + 3))
+                        .collect::<Result<Vec<_>, _>>()?,
+                })
             })
             .collect::<KpiResult<Vec<_>>>()
         })

@@ -7,11 +7,16 @@ CREATE TABLE kpi.alert_rules (
     id              serial PRIMARY KEY,
     name            text NOT NULL UNIQUE,
     kpi_id          integer NOT NULL REFERENCES kpi.definitions (id) ON DELETE CASCADE,
-    -- The condition as written, and as Postgres normalized it: the value (an expression
-    -- over the window's measures, with measure i as parameter $i+1), the comparison and
-    -- the threshold. `measures` lists the measure indexes the value reads.
+    -- The condition as written, and what it compares. A threshold compares value_sql
+    -- (an expression over the window's measures, with measure i as parameter $i+1, as
+    -- Postgres normalized it) with the threshold; an anomaly compares the z-score of
+    -- measures[1] against the same window in each of the `weeks` previous weeks with
+    -- the threshold (sigmas); an absence compares the rows counted in the window with 0.
+    -- `measures` lists the measure indexes the value reads.
     condition       text NOT NULL,
-    value_sql       text NOT NULL,
+    kind            text NOT NULL DEFAULT 'threshold' CHECK (kind IN ('threshold', 'anomaly', 'absent')),
+    value_sql       text,
+    weeks           integer,
     op              text NOT NULL CHECK (op IN ('>', '>=', '<', '<=')),
     threshold       numeric NOT NULL,
     recover         numeric,
@@ -27,6 +32,9 @@ CREATE TABLE kpi.alert_rules (
     created_at      timestamptz NOT NULL DEFAULT now(),
     -- Why the last evaluation failed (NULL once it works again).
     last_error      text,
+    -- Why the alert cannot fire now although it evaluates (an anomaly without enough
+    -- history).
+    reason          text,
     last_error_at   timestamptz
 );
 COMMENT ON TABLE kpi.alert_rules IS 'pg_kpi alert rules (define them with kpi.create_alert, read them through kpi.alerts)';

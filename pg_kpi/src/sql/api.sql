@@ -122,7 +122,7 @@ RETURNS integer LANGUAGE sql VOLATILE AS $$
                              coalesce(labels, '{}'), summary, group_by, recover)
 $$;
 COMMENT ON FUNCTION kpi.create_alert(text, text, text, interval, interval, interval, text, jsonb, text, text, numeric) IS
-'Defines an alert on a KPI: condition compares an expression over the measures of the last "window" with a number (errors / nullif(orders, 0) > 0.05); it is pending once true, firing once true for "for", and resolves once false for keep_firing_for (past recover, when given). severity is info, warning or critical; summary may use {{value}}, {{threshold}}, {{group}}, {{kpi}}, {{alert}}; group_by (a dimension) makes one instance per value. Returns its id.';
+'Defines an alert on a KPI: condition compares an expression over the measures of the last "window" with a number (errors / nullif(orders, 0) > 0.05), or is anomaly(measure, sigmas[, weeks]) (the window against the same window in the previous weeks, default 4) or absent(interval) (no rows for that long); it is pending once true, firing once true for "for", and resolves once false for keep_firing_for (past recover, when given). severity is info, warning or critical; summary may use {{value}}, {{threshold}}, {{group}}, {{kpi}}, {{alert}}; group_by (a dimension) makes one instance per value. Returns its id.';
 
 CREATE FUNCTION kpi.alter_alert(
     name            text,
@@ -164,7 +164,7 @@ CREATE VIEW kpi.alerts WITH (security_invoker = true) AS
 SELECT r.name AS alert, d.name AS kpi, r.group_by, coalesce(s.group_value, '') AS group_value,
        coalesce(s.state, 'inactive') AS state, s.value, r.op, r.threshold, r.recover,
        r.severity, r.labels, r.summary, r.condition, r."window", r."for", r.keep_firing_for,
-       s.active_since, s.firing_since, s.evaluated_at, r.last_error, r.last_error_at
+       s.active_since, s.firing_since, s.evaluated_at, r.reason, r.last_error, r.last_error_at
   FROM kpi.alert_rules r
   JOIN kpi.definitions d ON d.id = r.kpi_id
   LEFT JOIN kpi.alert_state s ON s.rule_id = r.id
@@ -172,7 +172,7 @@ SELECT r.name AS alert, d.name AS kpi, r.group_by, coalesce(s.group_value, '') A
     OR NOT EXISTS (SELECT 1 FROM kpi.alert_state o WHERE o.rule_id = r.id AND o.state <> 'inactive')
        AND s.group_value = (SELECT min(o.group_value) FROM kpi.alert_state o WHERE o.rule_id = r.id);
 COMMENT ON VIEW kpi.alerts IS
-'Alerts now: one row per pending or firing instance (per group_by value), and one inactive row for an alert with none; last_error says why its last evaluation failed.';
+'Alerts now: one row per pending or firing instance (per group_by value), and one inactive row for an alert with none; reason says why it cannot fire (too little history for an anomaly), last_error why its last evaluation failed.';
 GRANT SELECT ON kpi.alerts TO PUBLIC;
 
 -- The planner's default guess for a set-returning function (1000 rows) would make every
