@@ -23,6 +23,12 @@ pub static FOLD_MIN_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(20);
 /// folds under load, so that folding does not compete with the writers.
 pub static FOLD_BUSY_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(50);
 
+/// Minimum time between two evaluations of the alert rules of the KPIs folds merged:
+/// under load a fold runs every few tens of milliseconds, and evaluating every rule on
+/// each would take CPU from the writers. Changes merged meanwhile are evaluated by the
+/// next fold after the interval.
+pub static ALERT_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(100);
+
 /// How often the fold worker wakes without writes (retention, missed wake-ups).
 pub static FOLD_IDLE_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
@@ -87,6 +93,16 @@ pub fn init(preloading: bool) {
         10,
         3_600_000,
         GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_kpi.alert_interval_ms",
+        c"Minimum time between two evaluations of the alert rules of the KPIs a fold merged, in milliseconds.",
+        c"0 evaluates them on every fold. Every rule is also evaluated about once a second whatever this is.",
+        &ALERT_INTERVAL_MS,
+        0,
+        60_000,
+        GucContext::Suset,
         GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(

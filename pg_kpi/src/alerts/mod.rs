@@ -7,9 +7,10 @@
 //! - [`evaluate`]: one evaluation: values, steps, history rows and `NOTIFY kpi_alerts`.
 //!
 //! The fold evaluates the rules on the KPIs it merged, in its own transaction, right
-//! after the merge; and every rule at most once a second (each fold worker folds at
-//! least that often), so `for`, `keep_firing_for` and windows that empty out move
-//! without writes. `kpi.evaluate_alerts()` evaluates every rule now. None of it runs on
+//! after the merge (at most every `pg_kpi.alert_interval_ms`: under load, the changes
+//! of several folds are evaluated together); and every rule about once a second (each
+//! fold worker folds at least that often), so `for`, `keep_firing_for` and windows that
+//! empty out move without writes. `kpi.evaluate_alerts()` evaluates every rule now. None of it runs on
 //! the write path.
 
 mod condition;
@@ -18,40 +19,58 @@ mod rules;
 mod state;
 
 use crate::errors::{KpiResult, OrRaise};
+use crate::gucs;
 use crate::subxact::isolated;
 use crate::workers::health;
 use pgrx::prelude::*;
-use std::cell::Cell;
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 /// How often a fold evaluates every rule, not only those on the KPIs it merged.
 const ALL_RULES_EVERY: Duration = Duration::from_secs(1);
 
-thread_local! {
-    static LAST_ALL: Cell<Option<Instant>> = const { Cell::new(None) };
+/// When this backend's folds last evaluated rules, and the KPIs merged since then whose
+/// rules wait for `pg_kpi.alert_interval_ms` to pass.
+#[derive(Default)]
+struct Schedule {
+    last_all: Option<Instant>,
+    last_merged: Option<Instant>,
+    waiting: BTreeSet<i32>,
 }
 
-fn all_rules_due() -> bool {
-    LAST_ALL.with(|last| {
-        let due = last.get().is_none_or(|t| t.elapsed() >= ALL_RULES_EVERY);
-        if due {
-            last.set(Some(Instant::now()));
+thread_local! {
+    static SCHEDULE: RefCell<Schedule> = RefCell::new(Schedule::default());
+}
+
+/// Which rules this fold evaluates: all of them (`None`), those of some KPIs, or none.
+fn due(merged: &[i32]) -> Option<Option<Vec<i32>>> {
+    let interval = Duration::from_millis(gucs::ALERT_INTERVAL_MS.get().max(0) as u64);
+    SCHEDULE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.waiting.extend(merged);
+        let now = Instant::now();
+        if s.last_all.is_none_or(|t| now - t >= ALL_RULES_EVERY) {
+            s.last_all = Some(now);
+            s.last_merged = Some(now);
+            s.waiting.clear();
+            return Some(None);
         }
-        due
+        if s.waiting.is_empty() || s.last_merged.is_some_and(|t| now - t < interval) {
+            return None;
+        }
+        s.last_merged = Some(now);
+        Some(Some(std::mem::take(&mut s.waiting).into_iter().collect()))
     })
 }
 
 /// Called by the fold after its merge, under the fold lock. An error here (a bug, or a
 /// rule table someone broke) is recorded in `kpi.status()` and never fails the fold.
 pub fn in_fold(merged: &[i32]) -> KpiResult<()> {
-    let ids = if all_rules_due() {
-        None
-    } else if merged.is_empty() {
+    let Some(ids) = due(merged) else {
         return Ok(());
-    } else {
-        Some(merged)
     };
-    let rules = crate::privileges::as_extension_owner(|| rules::Rule::load(ids))?;
+    let rules = crate::privileges::as_extension_owner(|| rules::Rule::load(ids.as_deref()))?;
     if rules.is_empty() {
         return Ok(());
     }
