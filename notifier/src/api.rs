@@ -1,4 +1,5 @@
-//! The JSON API: `GET /api/kpis`, `/api/kpis/{name}`, `/api/kpis/{name}/series`.
+//! The JSON API: `GET /api/kpis`, `/api/kpis/{name}`, `/api/kpis/{name}/series`, and
+//! `GET /api/alerts` ([`alerts`]).
 //!
 //! Every endpoint takes the same bearer token as the streams (header or `?token=`) and
 //! only shows KPIs in the token's scope. The latest snapshot comes from the hub (no
@@ -24,8 +25,11 @@ use crate::protocol::truncate;
 /// Most points one series request may return.
 pub const MAX_POINTS: i64 = 10_000;
 
+mod alerts;
+
 pub fn router() -> Router<AppState> {
     Router::new()
+        .route("/alerts", get(alerts::list))
         .route("/kpis", get(list))
         .route("/kpis/{name}", get(one))
         .route("/kpis/{name}/series", get(series))
