@@ -143,6 +143,19 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Cuts client-provided text that is echoed back or logged. Here because it is a leaf:
+/// every layer quotes client input in its errors.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -164,5 +177,11 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"]["code"], "unknown_kpi");
         assert_eq!(v["error"]["message"], "unknown KPI \"nope\"");
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
     }
 }

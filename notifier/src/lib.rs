@@ -10,43 +10,47 @@
 //! | module | what lives there |
 //! |---|---|
 //! | [`config`] | the one configuration struct and its layers (defaults < file < env < flags) |
-//! | [`listen`] | the supervised LISTEN connection: reconnect, reload, coalesced snapshot reads, fold timer |
-//! | [`fold_watch`] | `kpi.status()` polled: stalls reported, and the notifier's fallback fold |
-//! | [`hub`] | per-KPI `watch` channels: the latest value of each topic, frames serialized once |
-//! | [`cursor`] | what a subscriber has of a topic, and which frame a newer value needs |
+//! | [`feed`] | the change feed: how values get from Postgres into per-topic channels |
+//! | [`feed::listen`] | the supervised LISTEN connection: reconnect, reload, coalesced snapshot reads, fold timer |
+//! | [`feed::fold_watch`] | `kpi.status()` polled: stalls reported, and the notifier's fallback fold |
+//! | [`feed::hub`] | per-KPI `watch` channels: the latest value of each topic, frames serialized once |
+//! | [`feed::cursor`] | what a subscriber has of a topic, and which frame a newer value needs |
+//! | [`feed::filter`] | dimension filters and topics: a KPI, whole or restricted to some dimension values |
 //! | [`fanout`] | each new value written straight into every subscribed WebSocket |
-//! | [`filter`] | dimension filters: subscriptions to a KPI restricted to some dimension values |
+//! | [`serve`](mod@serve) | serving: the shared state handlers get, and everything clients talk to |
+//! | [`serve::http`] | the router (`app`), Origin/CORS, error metrics, health |
+//! | [`serve::ws`] | `GET /ws` sessions |
+//! | [`serve::sse`] | `GET /sse` event streams |
+//! | [`serve::api`] | `GET /api/kpis…` and `GET /api/alerts` JSON endpoints |
+//! | [`serve::auth`] | bearer tokens: static keys and HS256 JWTs, KPI scopes |
+//! | [`serve::subscription`] | subscribing a client to a topic, and the first read of a new filter |
 //! | [`protocol`] | client and server messages, error codes, WebSocket close codes |
-//! | [`http`] | the router (`app`), shared state, Origin/CORS, connection limit, health |
-//! | [`ws`] | `GET /ws` sessions |
-//! | [`sse`] | `GET /sse` event streams |
-//! | [`api`] | `GET /api/kpis…` JSON endpoints |
-//! | [`auth`] | bearer tokens: static keys and HS256 JWTs, KPI scopes |
 //! | [`db`] | connection settings and the API's query connection |
 //! | [`metrics`] | Prometheus counters, gauges and the latency histogram |
-//! | [`error`] | the HTTP error enum (JSON body, logged once) |
+//! | [`error`] | the HTTP error enum (JSON body, logged once), and `truncate` for quoting client text |
 //! | [`shutdown`] | SIGTERM/ctrl-c and the shutdown flag every task watches |
 //!
-//! [`serve`] takes an already bound listener and a shutdown future from its caller, so
+//! Layering: `feed` never imports `serve`. The feed publishes values into the
+//! [`feed::hub::Hub`] and reports its health on two watch channels
+//! ([`feed::listen::Status`], [`feed::fold_watch::FoldHealth`]); `serve` keeps those in
+//! [`serve::Shared`] and reads the feed through them alone. Reading a new dimension
+//! filter's first value is a request's business, so it is done by `serve`
+//! ([`serve::subscription`], on the API connection), not by the feed. `fanout` is the
+//! hub's delivery arm: the hub hands it each new value, and `serve::ws` registers its
+//! sockets with it. The top-level modules are shared by all of them.
+//!
+//! [`serve()`] takes an already bound listener and a shutdown future from its caller, so
 //! tests bind port 0 and stop the server when they want.
 
-pub mod api;
-pub mod auth;
 pub mod config;
-pub mod cursor;
 pub mod db;
 pub mod error;
 pub mod fanout;
-pub mod filter;
-pub mod fold_watch;
-pub mod http;
-pub mod hub;
-pub mod listen;
+pub mod feed;
 pub mod metrics;
 pub mod protocol;
+pub mod serve;
 pub mod shutdown;
-pub mod sse;
-pub mod ws;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -69,22 +73,22 @@ pub enum ServeError {
 
 /// The tasks that feed the shared state, not yet running.
 pub struct Feeds {
-    pub listener: listen::Listener,
-    pub fold_watch: fold_watch::FoldWatch,
+    pub listener: feed::listen::Listener,
+    pub fold_watch: feed::fold_watch::FoldWatch,
 }
 
 /// Builds the shared state and the tasks that feed it.
 pub fn state(
     config: Config,
     shutdown: shutdown::Shutdown,
-) -> Result<(http::AppState, Feeds), ServeError> {
+) -> Result<(serve::AppState, Feeds), ServeError> {
     let listen_pg = db::pg_config(&config, db::LISTEN_APP_NAME).map_err(ServeError::Config)?;
     let api_pg = db::pg_config(&config, db::API_APP_NAME).map_err(ServeError::Config)?;
     let watch_pg = db::pg_config(&config, db::FOLD_WATCH_APP_NAME).map_err(ServeError::Config)?;
     let metrics = Arc::new(metrics::Metrics::default());
-    let hub = Arc::new(hub::Hub::with_metrics(metrics.clone()));
-    let (status_tx, status_rx) = listen::status_channel();
-    let listener = listen::Listener {
+    let hub = Arc::new(feed::hub::Hub::with_metrics(metrics.clone()));
+    let (status_tx, status_rx) = feed::listen::status_channel();
+    let listener = feed::listen::Listener {
         pg: listen_pg,
         db: config.database.clone(),
         fold_interval: (config.fold_interval_ms > 0)
@@ -93,16 +97,16 @@ pub fn state(
         metrics: metrics.clone(),
         status: status_tx,
     };
-    let (fold_tx, fold_rx) = fold_watch::health_channel();
-    let fold_watch = fold_watch::FoldWatch {
+    let (fold_tx, fold_rx) = feed::fold_watch::health_channel();
+    let fold_watch = feed::fold_watch::FoldWatch {
         pg: watch_pg,
         db: config.database.clone(),
         cfg: config.fold.clone(),
         metrics: metrics.clone(),
         health: fold_tx,
     };
-    let state = Arc::new(http::Shared {
-        auth: auth::Auth::new(&config.auth),
+    let state = Arc::new(serve::Shared {
+        auth: serve::auth::Auth::new(&config.auth),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         db: db::ApiDb::new(api_pg),
         hub,
@@ -165,7 +169,7 @@ pub async fn serve(
         std::future::pending::<()>().await;
     });
     let mut graceful = flag.clone();
-    let result = axum::serve(listener.tap_io(no_delay), http::app(state.clone()))
+    let result = axum::serve(listener.tap_io(no_delay), serve::http::app(state.clone()))
         .with_graceful_shutdown(async move { graceful.wait().await })
         .await;
     // axum stops waiting for a connection once it is upgraded to a WebSocket; those

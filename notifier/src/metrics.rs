@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::fold_watch::FoldHealth;
+use crate::feed::fold_watch::FoldHealth;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {

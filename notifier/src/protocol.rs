@@ -17,7 +17,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::filter::DimFilter;
+use crate::error::truncate;
+use crate::feed::filter::DimFilter;
 
 /// WebSocket close codes the server uses (documented in `docs/notifier.md`).
 pub mod close {
@@ -257,18 +258,6 @@ fn parse_since(v: Option<Value>, kpis: &[String]) -> Result<HashMap<String, i64>
     Ok(since)
 }
 
-/// Cuts client-provided text that is echoed back or logged.
-pub fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// A KPI value frame; serialized once per published version (see `hub`).
 #[derive(Serialize)]
 pub struct ValueFrame<'a> {
@@ -419,11 +408,5 @@ mod tests {
         assert_eq!(v["kpi"], "x");
         let v: Value = serde_json::from_str(PONG).unwrap();
         assert_eq!(v["type"], "pong");
-    }
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "h");
-        assert_eq!(truncate("abc", 10), "abc");
     }
 }

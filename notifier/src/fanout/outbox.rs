@@ -12,9 +12,9 @@ use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::Socket;
-use crate::cursor::{Cursor, Frame};
-use crate::filter::Topic;
-use crate::hub::{Receiver, Snapshot};
+use crate::feed::cursor::{Cursor, Frame};
+use crate::feed::filter::Topic;
+use crate::feed::hub::{Receiver, Snapshot};
 use crate::metrics::{Metrics, Transport};
 
 /// One subscription of a connection: what its client has been sent.

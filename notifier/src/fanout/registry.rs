@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::runtime::Handle;
 
 use super::{text_frame, Outbox};
-use crate::filter::Topic;
-use crate::hub::Snapshot;
+use crate::feed::filter::Topic;
+use crate::feed::hub::Snapshot;
 use crate::metrics::Metrics;
 use crate::protocol::{self, ErrorCode};
 

@@ -14,8 +14,8 @@ use std::task::{Context, Poll};
 
 use super::registry::CHUNK;
 use super::*;
-use crate::filter::Topic;
-use crate::hub::{Hub, Snapshot};
+use crate::feed::filter::Topic;
+use crate::feed::hub::{Hub, Snapshot};
 use crate::metrics::{Metrics, Transport};
 use crate::protocol;
 

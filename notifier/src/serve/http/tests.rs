@@ -3,14 +3,14 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{HeaderMap, Request, StatusCode};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use super::*;
 use crate::config::{Secret, StaticToken};
-use crate::hub::Snapshot;
+use crate::feed::hub::Snapshot;
 use crate::shutdown;
 
 const ALL: &str = "all-kpis-token-0123456789";

@@ -25,12 +25,13 @@ use serde::Deserialize;
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::StreamMap;
 
+use super::subscription;
+use super::{AppState, ConnectionGuard};
 use crate::config::valid_kpi_name;
-use crate::cursor::{Cursor, Frame};
-use crate::error::ApiError;
-use crate::filter::{self, Topic};
-use crate::http::{AppState, ConnectionGuard};
-use crate::hub::Snapshot;
+use crate::error::{truncate, ApiError};
+use crate::feed::cursor::{Cursor, Frame};
+use crate::feed::filter::Topic;
+use crate::feed::hub::Snapshot;
 use crate::metrics::Transport;
 use crate::protocol::{self, ErrorCode};
 
@@ -90,7 +91,7 @@ pub async fn handler(
         None => HashMap::new(),
     };
 
-    let dims = filter::from_param(q.dims.as_deref())?;
+    let dims = subscription::dims_param(q.dims.as_deref())?;
 
     let mut subs: StreamMap<String, Sub> = StreamMap::new();
     let mut known = HashMap::new();
@@ -98,13 +99,13 @@ pub async fn handler(
     for name in &names {
         state.authorize(&principal, name)?;
         if !valid_kpi_name(name) {
-            return Err(ApiError::UnknownKpi(protocol::truncate(name, 64).into()));
+            return Err(ApiError::UnknownKpi(truncate(name, 64).into()));
         }
         let topic = Topic {
             kpi: name.clone(),
             dims: dims.clone(),
         };
-        let rx = filter::subscribe(&state, &topic)
+        let rx = subscription::subscribe(&state, &topic)
             .await
             .map_err(|r| r.into_api(name))?;
         let current = rx.borrow().clone();
@@ -212,7 +213,7 @@ impl Drop for EventStream {
 impl EventStream {
     /// The next chunks to write, or `None` to end the stream.
     async fn next_chunks(&mut self) -> Option<Vec<Bytes>> {
-        let expiry = crate::ws::token_expiry(self.expires_at);
+        let expiry = super::ws::token_expiry(self.expires_at);
         tokio::pin!(expiry);
         loop {
             tokio::select! {

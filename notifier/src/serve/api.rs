@@ -16,11 +16,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::{subscription, AppState};
 use crate::config::valid_kpi_name;
+use crate::error::truncate;
 use crate::error::ApiError;
-use crate::filter::{self, Topic};
-use crate::http::AppState;
-use crate::protocol::truncate;
+use crate::feed::filter::Topic;
 
 /// Most points one series request may return.
 pub const MAX_POINTS: i64 = 10_000;
@@ -119,7 +119,7 @@ async fn one(
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     known_kpi(&state, &headers, q.token.as_deref(), &name)?;
-    let dims = filter::from_param(q.dims.as_deref())?;
+    let dims = subscription::dims_param(q.dims.as_deref())?;
     let snap = match dims {
         None => state.hub.current(&name),
         Some(dims) => {
@@ -127,7 +127,7 @@ async fn one(
                 kpi: name.clone(),
                 dims: Some(dims),
             };
-            let rx = filter::subscribe(&state, &topic)
+            let rx = subscription::subscribe(&state, &topic)
                 .await
                 .map_err(|r| r.into_api(&name))?;
             let snap = rx.borrow().clone();

@@ -24,8 +24,8 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 
+use super::filter::{DimFilter, Topic};
 use crate::fanout::{self, Registry};
-use crate::filter::{DimFilter, Topic};
 use crate::metrics::Metrics;
 use crate::protocol::ValueFrame;
 

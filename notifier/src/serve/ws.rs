@@ -30,12 +30,12 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::auth::Principal;
+use super::auth::Principal;
+use super::{subscription, AppState, ConnectionGuard};
 use crate::config::{valid_kpi_name, Limits};
-use crate::error::ApiError;
+use crate::error::{truncate, ApiError};
 use crate::fanout::{Dropped, Outbox, SharedIo, Socket};
-use crate::filter::{self, DimFilter, Topic};
-use crate::http::{AppState, ConnectionGuard};
+use crate::feed::filter::{DimFilter, Topic};
 use crate::metrics::Transport;
 use crate::protocol::{self, close, parse_client, ClientMsg, ErrorCode, ParseError, Which};
 
@@ -324,7 +324,7 @@ impl Session {
         }
         let max = self.state.config.limits.max_subscriptions;
         for kpi in kpis {
-            let shown = protocol::truncate(&kpi, 64).to_string();
+            let shown = truncate(&kpi, 64).to_string();
             // Scope first, so a scoped token cannot probe which KPIs exist.
             if !self.principal.scope.allows(&kpi) {
                 let msg = format!("token may not read KPI {shown:?}");
@@ -349,7 +349,7 @@ impl Session {
                     .await?;
                 continue;
             }
-            let rx = match filter::subscribe(&self.state, &topic).await {
+            let rx = match subscription::subscribe(&self.state, &topic).await {
                 Ok(rx) => rx,
                 Err(refusal) => {
                     self.error(sink, refusal.code, &refusal.message, Some(&shown))
@@ -482,7 +482,7 @@ where
     let frame = CloseFrame {
         code: CloseCode::from(code),
         // Close reasons are limited to 123 bytes by the protocol.
-        reason: protocol::truncate(reason, 120).into(),
+        reason: truncate(reason, 120).into(),
     };
     let _ = tokio::time::timeout(
         Duration::from_secs(1),

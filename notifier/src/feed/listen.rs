@@ -23,9 +23,9 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
+use super::filter::DimFilter;
+use super::hub::{Hub, Published, Snapshot};
 use crate::config::{valid_kpi_name, DatabaseConfig};
-use crate::filter::DimFilter;
-use crate::hub::{Hub, Published, Snapshot};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
@@ -467,7 +467,7 @@ fn note_payload(shared: &Shared, payload: &str, metrics: &Metrics) {
             metrics
                 .notify_payload_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(error = %e, payload = %crate::protocol::truncate(payload, 200),
+            tracing::warn!(error = %e, payload = %crate::error::truncate(payload, 200),
                 "unparseable kpi_changes payload; reloading every KPI");
             p.reload_all = true;
         }

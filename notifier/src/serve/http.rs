@@ -1,100 +1,25 @@
-//! The router, the shared state, and the cross-cutting HTTP concerns: Origin
-//! allow-list, CORS, connection limit, error metrics and the health endpoints.
+//! The router and the cross-cutting HTTP concerns: Origin allow-list, CORS, error
+//! metrics and the health endpoints. The state it hands to every handler, and the
+//! connection limit, are in [`serve`](mod@crate::serve).
 //!
 //! `app(state)` builds the whole `Router`, so tests drive it in-process with
 //! `tower::ServiceExt::oneshot` and `serve` mounts the same thing on a socket. The
 //! dashboard (a later issue) will be another route (and a static-files service) here.
 
-use std::sync::Arc;
-
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::auth::{Auth, Principal};
+use super::{api, sse, ws, AppState};
 use crate::config::Config;
-use crate::db::ApiDb;
-use crate::error::{ApiError, ErrorCode};
-use crate::fold_watch::FoldHealth;
-use crate::hub::Hub;
-use crate::listen::Status;
-use crate::metrics::{Gauges, Metrics, Transport};
-use crate::shutdown::Shutdown;
-use crate::{api, sse, ws};
-
-/// Everything a request handler may need; cloned per request (one `Arc`).
-pub type AppState = Arc<Shared>;
-
-pub struct Shared {
-    pub config: Config,
-    pub hub: Arc<Hub>,
-    pub auth: Auth,
-    pub metrics: Arc<Metrics>,
-    pub status: watch::Receiver<Status>,
-    /// Whether the fold keeps up (see `fold_watch`).
-    pub fold: watch::Receiver<FoldHealth>,
-    pub db: ApiDb,
-    /// One permit per open WebSocket or SSE connection (`limits.max_connections`).
-    pub connections: Arc<Semaphore>,
-    pub shutdown: Shutdown,
-}
-
-impl Shared {
-    /// Authenticates a request, counting refusals.
-    pub fn principal(
-        &self,
-        headers: &HeaderMap,
-        query_token: Option<&str>,
-    ) -> Result<Principal, ApiError> {
-        self.auth.authenticate(headers, query_token).map_err(|e| {
-            self.metrics.rejected.inc(e.reason());
-            ApiError::Unauthorized(e.to_string())
-        })
-    }
-
-    /// Refuses a KPI outside the principal's scope.
-    pub fn authorize(&self, p: &Principal, kpi: &str) -> Result<(), ApiError> {
-        if p.scope.allows(kpi) {
-            Ok(())
-        } else {
-            self.metrics.rejected.inc("forbidden");
-            Err(ApiError::Forbidden(format!(
-                "token may not read KPI {:?}",
-                crate::protocol::truncate(kpi, 64)
-            )))
-        }
-    }
-}
-
-/// Holds one connection slot for a streaming client.
-pub struct ConnectionGuard(#[allow(dead_code)] OwnedSemaphorePermit);
-
-impl ConnectionGuard {
-    pub fn acquire(state: &AppState, t: Transport) -> Result<ConnectionGuard, ApiError> {
-        if state.shutdown.is_shutting_down() {
-            return Err(ApiError::NotReady("server is shutting down".into()));
-        }
-        match state.connections.clone().try_acquire_owned() {
-            Ok(p) => Ok(ConnectionGuard(p)),
-            Err(_) => {
-                state.metrics.rejected.inc("too_many_connections");
-                tracing::warn!(
-                    transport = ?t,
-                    limit = state.config.limits.max_connections,
-                    "connection refused: limit reached"
-                );
-                Err(ApiError::TooManyConnections)
-            }
-        }
-    }
-}
+use crate::error::{truncate, ApiError, ErrorCode};
+use crate::metrics::Gauges;
 
 /// The whole HTTP surface.
 pub fn app(state: AppState) -> Router {
@@ -184,8 +109,7 @@ async fn check_origin(State(state): State<AppState>, req: Request, next: Next) -
         if !origin_allowed(&state.config.http.allowed_origins, origin, host) {
             state.metrics.rejected.inc("origin_not_allowed");
             let shown = String::from_utf8_lossy(origin.as_bytes());
-            return ApiError::OriginNotAllowed(crate::protocol::truncate(&shown, 100).into())
-                .into_response();
+            return ApiError::OriginNotAllowed(truncate(&shown, 100).into()).into_response();
         }
     }
     next.run(req).await

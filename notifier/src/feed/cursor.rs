@@ -1,7 +1,7 @@
 //! What one subscriber has of a topic, and what a newer value of it needs sent: shared
 //! by WebSocket subscriptions (`fanout`) and SSE streams (`sse`).
 
-use crate::hub::Snapshot;
+use super::hub::Snapshot;
 
 /// Which of a value's two frames a subscriber needs.
 #[derive(Debug, PartialEq, Eq)]

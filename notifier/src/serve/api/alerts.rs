@@ -11,8 +11,8 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::{query, QueryResult};
-use crate::error::ApiError;
-use crate::http::AppState;
+use crate::error::{truncate, ApiError};
+use crate::serve::AppState;
 
 const STATES: [&str; 3] = ["inactive", "pending", "firing"];
 
@@ -71,7 +71,7 @@ fn parse_states(param: Option<&str>) -> Result<Option<Vec<String>>, ApiError> {
             "bad_query",
             format!(
                 "unknown state {:?} (one of inactive, pending, firing)",
-                crate::protocol::truncate(bad, 32)
+                truncate(bad, 32)
             ),
         ));
     }

@@ -6,9 +6,9 @@ use serde_json::{json, Value};
 use tokio::io::DuplexStream;
 
 use super::*;
-use crate::auth::Scope;
 use crate::config::Config;
-use crate::hub::Snapshot;
+use crate::feed::hub::Snapshot;
+use crate::serve::auth::Scope;
 use crate::shutdown;
 
 type Client = WebSocketStream<DuplexStream>;
@@ -42,8 +42,10 @@ fn publish(state: &AppState, kpi: &str, version: i64) {
         .publish(Snapshot::new(kpi, version, &data.to_string(), None).unwrap());
 }
 
-fn dims(v: Value) -> crate::filter::DimFilter {
-    crate::filter::DimFilter::parse(Some(&v)).unwrap().unwrap()
+fn dims(v: Value) -> crate::feed::filter::DimFilter {
+    crate::feed::filter::DimFilter::parse(Some(&v))
+        .unwrap()
+        .unwrap()
 }
 
 /// Publishes a filtered value as the LISTEN task would, creating the topic if needed
@@ -53,11 +55,11 @@ fn publish_filtered(state: &AppState, kpi: &str, filter: &Value, version: i64) {
     let data = json!({"kpi": kpi, "version": version, "dims": filter,
                       "measures": {"n": {"today": version * 10}}});
     let snap = Snapshot::from_data(kpi, Some(d.clone()), &data.to_string(), None).unwrap();
-    if state.hub.filtered_publish(snap) == crate::hub::Published::Unchanged {
+    if state.hub.filtered_publish(snap) == crate::feed::hub::Published::Unchanged {
         let snap = Snapshot::from_data(kpi, Some(d.clone()), &data.to_string(), None).unwrap();
         assert!(matches!(
             state.hub.filtered_subscribe(kpi, &d, 100),
-            crate::hub::FilterSlot::Read | crate::hub::FilterSlot::Live(_)
+            crate::feed::hub::FilterSlot::Read | crate::feed::hub::FilterSlot::Live(_)
         ));
         // Kept alive for the test: a topic without receivers is pruned.
         std::mem::forget(state.hub.filtered_install(snap).unwrap());

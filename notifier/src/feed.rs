@@ -1,0 +1,18 @@
+//! The change feed: how KPI values get from Postgres into the per-topic channels.
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`listen`] | the supervised LISTEN connection: reconnect, reload, coalesced snapshot reads, fold timer |
+//! | [`fold_watch`] | `kpi.status()` polled: stalls reported, and the notifier's fallback fold |
+//! | [`hub`] | per-topic `watch` channels: the latest value of each, frames serialized once |
+//! | [`cursor`] | what a subscriber has of a topic, and which frame a newer value needs |
+//! | [`filter`] | dimension filters and topics: a KPI, whole or restricted to some dimension values |
+//!
+//! Nothing here knows about HTTP or clients: `serve` reads the feed through the [`hub::Hub`]
+//! and the status channels of [`listen`] and [`fold_watch`].
+
+pub mod cursor;
+pub mod filter;
+pub mod fold_watch;
+pub mod hub;
+pub mod listen;
