@@ -42,6 +42,7 @@ pub struct Config {
     pub limits: Limits,
     pub ws: WsConfig,
     pub sse: SseConfig,
+    pub alerting: crate::alerts::config::AlertingConfig,
 }
 
 /// How the notifier talks to Postgres.
@@ -195,6 +196,7 @@ impl Default for Config {
             limits: Limits::default(),
             ws: WsConfig::default(),
             sse: SseConfig::default(),
+            alerting: Default::default(),
         }
     }
 }
@@ -410,6 +412,7 @@ impl Config {
                 ));
             }
         }
+        self.alerting.validate().map_err(ConfigError::Invalid)?;
         check_bind_allowed(self.listen, self.auth_enabled()).map_err(ConfigError::Invalid)
     }
 

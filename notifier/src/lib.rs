@@ -42,6 +42,7 @@
 //! [`serve()`] takes an already bound listener and a shutdown future from its caller, so
 //! tests bind port 0 and stop the server when they want.
 
+pub mod alerts;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -127,7 +127,9 @@ fn evaluate_rule(rule: &Rule, k: &Kpi, now: i64) -> KpiResult<usize> {
         }
         save_instance(rule, &group, &next, &reading, now)?;
         if let Some(t) = transition {
-            record_transition(rule, k, &group, prev.state, t, &reading)?;
+            // The episode a firing or resolved row belongs to began when it fired.
+            let started_at = next.firing_since.or(prev.firing_since);
+            record_transition(rule, k, &group, prev.state, t, &reading, started_at)?;
             transitions += 1;
         }
     }
@@ -349,6 +351,7 @@ fn record_transition(
     from: State,
     t: Transition,
     r: &Reading,
+    started_at: Option<i64>,
 ) -> KpiResult<()> {
     let summary = rule.summary.as_deref().map(|s| {
         s.replace("{{value}}", r.value_text.as_deref().unwrap_or("NULL"))
@@ -360,8 +363,9 @@ fn record_transition(
     let id = as_extension_owner(|| {
         prepared::run(
             "INSERT INTO kpi.alert_history (rule_id, rule, kpi, group_by, group_value, from_state,
-                                            to_state, value, threshold, severity, labels, summary)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::numeric, $10, $11::jsonb, $12)
+                                            to_state, value, threshold, severity, labels, summary,
+                                            started_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::numeric, $10, $11::jsonb, $12, $13)
              RETURNING id",
             &[
                 rule.id.into(),
@@ -376,6 +380,7 @@ fn record_transition(
                 rule.severity.as_str().into(),
                 rule.labels.as_str().into(),
                 summary.into(),
+                ts(started_at).into(),
             ],
             |mut rows| {
                 rows.next()
@@ -384,6 +389,12 @@ fn record_transition(
             },
         )
     })?;
+    notify(id)
+}
+
+/// Tells listeners (the notifier) that history row `id` was written; they see it once
+/// the transaction commits.
+pub(super) fn notify(id: i64) -> KpiResult<()> {
     prepared::run(
         "SELECT pg_catalog.pg_notify('kpi_alerts', $1)",
         &[format!("{{\"id\":{id}}}").as_str().into()],

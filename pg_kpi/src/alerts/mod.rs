@@ -13,6 +13,7 @@
 //! empty out move without writes. `kpi.evaluate_alerts()` evaluates every rule now. None of it runs on
 //! the write path.
 
+mod ack;
 mod condition;
 mod evaluate;
 mod rules;

@@ -144,6 +144,11 @@ CREATE FUNCTION kpi.drop_alert(name text, if_exists boolean DEFAULT false)
 RETURNS boolean LANGUAGE sql VOLATILE AS $$ SELECT kpi._drop_alert(name, coalesce(if_exists, false)) $$;
 COMMENT ON FUNCTION kpi.drop_alert(text, boolean) IS 'Drops an alert and its state; its history stays.';
 
+CREATE FUNCTION kpi.ack_alert(id bigint, "by" text, note text DEFAULT NULL)
+RETURNS bigint LANGUAGE sql VOLATILE AS $$ SELECT kpi._ack_alert(id, "by", note) $$;
+COMMENT ON FUNCTION kpi.ack_alert(bigint, text, text) IS
+'Acknowledges a firing alert instance (id from kpi.alerts) for its current episode: no more repeats, no escalation, and PagerDuty hears "acknowledge". Returns the id of the acknowledged transition in kpi.alert_history.';
+
 CREATE FUNCTION kpi.evaluate_alerts() RETURNS bigint LANGUAGE sql VOLATILE SET jit = off AS $$ SELECT kpi._evaluate_alerts() $$;
 COMMENT ON FUNCTION kpi.evaluate_alerts() IS 'Evaluates every alert rule now (the fold does this on its own); returns the number of transitions.';
 
@@ -164,7 +169,11 @@ CREATE VIEW kpi.alerts WITH (security_invoker = true) AS
 SELECT r.name AS alert, d.name AS kpi, r.group_by, coalesce(s.group_value, '') AS group_value,
        coalesce(s.state, 'inactive') AS state, s.value, r.op, r.threshold, r.recover,
        r.severity, r.labels, r.summary, r.condition, r."window", r."for", r.keep_firing_for,
-       s.active_since, s.firing_since, s.evaluated_at, r.reason, r.last_error, r.last_error_at
+       s.active_since, s.firing_since, s.evaluated_at, r.reason, r.last_error, r.last_error_at,
+       s.id,
+       CASE WHEN s.state = 'firing' AND s.acked_at >= s.firing_since THEN s.acked_at END AS acked_at,
+       CASE WHEN s.state = 'firing' AND s.acked_at >= s.firing_since THEN s.acked_by END AS acked_by,
+       CASE WHEN s.state = 'firing' AND s.acked_at >= s.firing_since THEN s.ack_note END AS ack_note
   FROM kpi.alert_rules r
   JOIN kpi.definitions d ON d.id = r.kpi_id
   LEFT JOIN kpi.alert_state s ON s.rule_id = r.id
@@ -172,7 +181,7 @@ SELECT r.name AS alert, d.name AS kpi, r.group_by, coalesce(s.group_value, '') A
     OR NOT EXISTS (SELECT 1 FROM kpi.alert_state o WHERE o.rule_id = r.id AND o.state <> 'inactive')
        AND s.group_value = (SELECT min(o.group_value) FROM kpi.alert_state o WHERE o.rule_id = r.id);
 COMMENT ON VIEW kpi.alerts IS
-'Alerts now: one row per pending or firing instance (per group_by value), and one inactive row for an alert with none; reason says why it cannot fire (too little history for an anomaly), last_error why its last evaluation failed.';
+'Alerts now: one row per pending or firing instance (per group_by value), and one inactive row for an alert with none; reason says why it cannot fire (too little history for an anomaly), last_error why its last evaluation failed; id is the instance''s handle for kpi.ack_alert, and acked_* its acknowledgement while it fires.';
 GRANT SELECT ON kpi.alerts TO PUBLIC;
 
 -- The planner's default guess for a set-returning function (1000 rows) would make every
