@@ -203,7 +203,10 @@ impl AlertingConfig {
                 return Err(format!("{key}.name: empty"));
             }
             if !names.insert(r.name.as_str()) {
-                return Err(format!("{key}.name: receiver {:?} is defined twice", r.name));
+                return Err(format!(
+                    "{key}.name: receiver {:?} is defined twice",
+                    r.name
+                ));
             }
             r.validate(&key)?;
         }
@@ -250,7 +253,10 @@ impl Receiver {
             check_url(&format!("{key}.webhook_configs[{i}].url"), &w.url)?;
         }
         for (i, s) in self.slack_configs.iter().enumerate() {
-            check_url(&format!("{key}.slack_configs[{i}].api_url"), s.api_url.expose())?;
+            check_url(
+                &format!("{key}.slack_configs[{i}].api_url"),
+                s.api_url.expose(),
+            )?;
         }
         for (i, p) in self.pagerduty_configs.iter().enumerate() {
             check_url(&format!("{key}.pagerduty_configs[{i}].url"), &p.url)?;
@@ -275,9 +281,7 @@ impl Receiver {
                 _ => return Err(format!("{k}.smarthost: {:?} is not host:port", e.smarthost)),
             }
             if e.auth_username.is_some() != e.auth_password.is_some() {
-                return Err(format!(
-                    "{k}: auth_username and auth_password go together"
-                ));
+                return Err(format!("{k}: auth_username and auth_password go together"));
             }
         }
         let r = &self.retry;
@@ -296,7 +300,10 @@ impl Receiver {
 
 impl Route {
     fn validate(&self, key: &str, receivers: &BTreeSet<&str>) -> Result<(), String> {
-        for (field, name) in [("receiver", &self.receiver), ("escalate_to", &self.escalate_to)] {
+        for (field, name) in [
+            ("receiver", &self.receiver),
+            ("escalate_to", &self.escalate_to),
+        ] {
             if let Some(n) = name {
                 if !receivers.contains(n.as_str()) {
                     return Err(format!(
@@ -329,7 +336,10 @@ impl Route {
 fn check_url(key: &str, url: &str) -> Result<(), String> {
     match reqwest::Url::parse(url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
-        Ok(u) => Err(format!("{key}: {url:?} is not an http(s) URL (scheme {:?})", u.scheme())),
+        Ok(u) => Err(format!(
+            "{key}: {url:?} is not an http(s) URL (scheme {:?})",
+            u.scheme()
+        )),
         Err(e) => Err(format!("{key}: {url:?} is not a URL: {e}")),
     }
 }
@@ -374,26 +384,42 @@ mod tests {
         let root = c.route.unwrap();
         assert_eq!(root.group_interval, Some(Duration::from_secs(300)));
         assert!(root.routes[0].continue_);
-        assert_eq!(root.routes[0].escalate_after, Some(Duration::from_secs(600)));
+        assert_eq!(
+            root.routes[0].escalate_after,
+            Some(Duration::from_secs(600))
+        );
     }
 
     #[test]
     fn bad_config_names_the_key() {
         let cases = [
-            ("[route]\nreceiver = \"nobody\"", "alerting.route.receiver: receiver \"nobody\" is not defined"),
-            ("[route]\nreceiver = \"ops\"\n[[route.routes]]\nreceiver = \"x\"", "alerting.route.routes[0].receiver"),
-            ("[route]\nreceiver = \"ops\"\n[[route.routes]]\nmatchers = ['severity=critical']", "alerting.route.routes[0].matchers[0]"),
-            ("[route]\nreceiver = \"ops\"\nescalate_to = \"pager\"", "escalate_after and escalate_to go together"),
+            (
+                "[route]\nreceiver = \"nobody\"",
+                "alerting.route.receiver: receiver \"nobody\" is not defined",
+            ),
+            (
+                "[route]\nreceiver = \"ops\"\n[[route.routes]]\nreceiver = \"x\"",
+                "alerting.route.routes[0].receiver",
+            ),
+            (
+                "[route]\nreceiver = \"ops\"\n[[route.routes]]\nmatchers = ['severity=critical']",
+                "alerting.route.routes[0].matchers[0]",
+            ),
+            (
+                "[route]\nreceiver = \"ops\"\nescalate_to = \"pager\"",
+                "escalate_after and escalate_to go together",
+            ),
         ];
         for (extra, want) in cases {
             let err = parse(&format!("{BASE}\n{extra}")).unwrap_err();
             assert!(err.contains(want), "{extra:?}: {err}");
         }
-        let err = parse(
-            "[[receivers]]\nname = \"w\"\nwebhook_configs = [{ url = \"not a url\" }]",
-        )
-        .unwrap_err();
-        assert!(err.contains("alerting.receivers[0].webhook_configs[0].url"), "{err}");
+        let err = parse("[[receivers]]\nname = \"w\"\nwebhook_configs = [{ url = \"not a url\" }]")
+            .unwrap_err();
+        assert!(
+            err.contains("alerting.receivers[0].webhook_configs[0].url"),
+            "{err}"
+        );
         let err = parse("[[receivers]]\nname = \"w\"").unwrap_err();
         assert!(err.contains("has no webhook_configs"), "{err}");
         let err = parse(&format!("{BASE}\n[[receivers]]\nname = \"ops\"\nwebhook_configs = [{{ url = \"http://127.0.0.1:1/\" }}]")).unwrap_err();

@@ -38,7 +38,9 @@ fn yes() -> bool {
 impl Matcher {
     pub fn new(name: &str, value: &str, is_regex: bool, is_equal: bool) -> Result<Matcher, String> {
         if !valid_label_name(name) {
-            return Err(format!("{name:?} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)"));
+            return Err(format!(
+                "{name:?} is not a label name ([a-zA-Z_][a-zA-Z0-9_]*)"
+            ));
         }
         let regex = if is_regex {
             Some(
@@ -128,18 +130,31 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn the_four_operators() {
         let l = labels(&[("severity", "critical"), ("team", "payments")]);
-        assert!(Matcher::parse(r#"severity="critical""#).unwrap().matches(&l));
-        assert!(!Matcher::parse(r#"severity!="critical""#).unwrap().matches(&l));
+        assert!(Matcher::parse(r#"severity="critical""#)
+            .unwrap()
+            .matches(&l));
+        assert!(!Matcher::parse(r#"severity!="critical""#)
+            .unwrap()
+            .matches(&l));
         assert!(Matcher::parse(r#"team=~"pay.*""#).unwrap().matches(&l));
-        assert!(!Matcher::parse(r#"team=~"pay""#).unwrap().matches(&l), "anchored");
+        assert!(
+            !Matcher::parse(r#"team=~"pay""#).unwrap().matches(&l),
+            "anchored"
+        );
         assert!(Matcher::parse(r#"team!~"ops|infra""#).unwrap().matches(&l));
-        assert!(Matcher::parse(r#"region="""#).unwrap().matches(&l), "missing is empty");
+        assert!(
+            Matcher::parse(r#"region="""#).unwrap().matches(&l),
+            "missing is empty"
+        );
         assert_eq!(Matcher::parse(r#"a="x\"y""#).unwrap().value, "x\"y");
     }
 

@@ -100,7 +100,9 @@ impl Notification {
     /// The notification as a channel without acknowledgements sees it: acknowledged
     /// alerts count as firing, which they are.
     pub fn alerts_without_acks(&self) -> impl Iterator<Item = &Alert> {
-        self.alerts.iter().filter(|a| a.status != Status::Acknowledged)
+        self.alerts
+            .iter()
+            .filter(|a| a.status != Status::Acknowledged)
     }
 
     /// Labels (or annotations) shared by every alert.

@@ -22,10 +22,8 @@ fn acknowledge(id: i64, by: Option<&str>, note: Option<&str>) -> KpiResult<i64> 
         )
     })?;
     // Visibility is the caller's: kpi.alerts shows the alerts of KPIs they may read.
-    let visible = prepared::select_one::<i64>(
-        "SELECT id FROM kpi.alerts WHERE id = $1",
-        &[id.into()],
-    )?;
+    let visible =
+        prepared::select_one::<i64>("SELECT id FROM kpi.alerts WHERE id = $1", &[id.into()])?;
     if visible.is_none() {
         return Err(KpiError::new(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
