@@ -16,6 +16,7 @@
 //! | [`feed::hub`] | per-KPI `watch` channels: the latest value of each topic, frames serialized once |
 //! | [`feed::cursor`] | what a subscriber has of a topic, and which frame a newer value needs |
 //! | [`feed::filter`] | dimension filters and topics: a KPI, whole or restricted to some dimension values |
+//! | [`alerts`] | alert delivery: routing, grouping, silences, escalation, channels, the outbox's leases |
 //! | [`fanout`] | each new value written straight into every subscribed WebSocket |
 //! | [`serve`](mod@serve) | serving: the shared state handlers get, and everything clients talk to |
 //! | [`serve::http`] | the router (`app`), Origin/CORS, error metrics, health |
@@ -52,6 +53,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod serve;
 pub mod shutdown;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -148,6 +150,7 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    tls::install_crypto_provider();
     let addr = listener.local_addr()?;
     config::check_bind_allowed(addr, config.auth_enabled()).map_err(ServeError::Config)?;
     let grace = Duration::from_millis(config.shutdown_grace_ms);
@@ -160,8 +163,12 @@ pub async fn serve(
         fold_interval_ms = state.config.fold_interval_ms,
         "notifier listening"
     );
+    let dispatcher =
+        alerts::dispatcher::Dispatcher::new(&state.config, state.metrics.clone(), addr)
+            .map_err(ServeError::Config)?;
     let listen_thread = feeds.listener.spawn(flag.clone())?;
     let fold_watch = tokio::spawn(feeds.fold_watch.run(flag.clone()));
+    let dispatcher = dispatcher.map(|d| tokio::spawn(d.run(flag.clone())));
     // The caller's future only fires the flag; everything else watches the flag.
     let watcher = tokio::spawn(async move {
         shutdown.await;
@@ -186,6 +193,15 @@ pub async fn serve(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !listen_thread.is_finished() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let Some(d) = dispatcher {
+        // It gives its sends in flight the grace period, then returns.
+        if tokio::time::timeout(grace + Duration::from_secs(1), d)
+            .await
+            .is_err()
+        {
+            tracing::warn!("alert dispatcher did not stop in time");
+        }
     }
     watcher.abort();
     fold_watch.abort();

@@ -163,6 +163,13 @@ pub struct Metrics {
     pub rejected: CounterVec,
     /// HTTP error responses, by error code.
     pub http_errors: CounterVec,
+    /// Alert notifications delivered, by integration (webhook, slack, pagerduty,
+    /// email, alertmanager).
+    pub alert_notifications: CounterVec,
+    /// Alert notifications given up on after their retries, by integration.
+    pub alert_notification_failures: CounterVec,
+    /// Attempts to send an alert notification (retries included), by integration.
+    pub alert_send_attempts: CounterVec,
 }
 
 /// Gauges that are read from elsewhere at render time.
@@ -390,7 +397,7 @@ impl Metrics {
             let _ = writeln!(out, "{p}_{name} {v}");
         }
         fold_gauges(&mut out, p, &g.fold);
-        let vecs: [(&str, &str, &str, &CounterVec); 4] = [
+        let vecs: [(&str, &str, &str, &CounterVec); 7] = [
             (
                 "client_errors_total",
                 "code",
@@ -414,6 +421,24 @@ impl Metrics {
                 "code",
                 "HTTP error responses.",
                 &self.http_errors,
+            ),
+            (
+                "alert_notifications_total",
+                "integration",
+                "Alert notifications delivered.",
+                &self.alert_notifications,
+            ),
+            (
+                "alert_notification_failures_total",
+                "integration",
+                "Alert notifications that failed after their retries.",
+                &self.alert_notification_failures,
+            ),
+            (
+                "alert_send_attempts_total",
+                "integration",
+                "Attempts to send an alert notification, retries included.",
+                &self.alert_send_attempts,
             ),
         ];
         for (name, label, help, vec) in vecs {

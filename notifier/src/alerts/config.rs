@@ -345,6 +345,7 @@ fn check_url(key: &str, url: &str) -> Result<(), String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -97,12 +97,23 @@ impl Notification {
         }
     }
 
-    /// The notification as a channel without acknowledgements sees it: acknowledged
-    /// alerts count as firing, which they are.
-    pub fn alerts_without_acks(&self) -> impl Iterator<Item = &Alert> {
+    /// The alerts a channel without a word for acknowledgements announces: none when
+    /// the notification only reports acknowledgements (or resolves the channel does
+    /// not want); else every alert, acknowledged ones as the firing alerts they still
+    /// are, resolved ones only with `send_resolved`.
+    pub fn to_announce(&self, send_resolved: bool) -> Vec<&Alert> {
+        let news = self.alerts.iter().any(|a| match a.status {
+            Status::Firing => true,
+            Status::Resolved => send_resolved,
+            Status::Acknowledged => false,
+        });
+        if !news {
+            return Vec::new();
+        }
         self.alerts
             .iter()
-            .filter(|a| a.status != Status::Acknowledged)
+            .filter(|a| send_resolved || a.status != Status::Resolved)
+            .collect()
     }
 
     /// Labels (or annotations) shared by every alert.

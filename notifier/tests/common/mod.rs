@@ -23,6 +23,8 @@ pub const SETUP: &str = "CREATE TABLE orders(ts timestamptz NOT NULL DEFAULT now
                       measures => 'n = count(*), total = sum(v)');";
 
 pub fn init_tracing() {
+    // The tests' own reqwest clients need the process's TLS provider too.
+    notifier::tls::install_crypto_provider();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -48,6 +48,71 @@ mod tests {
     }
 
     #[pg_test]
+    fn an_acknowledgement_is_recorded_once_and_errors_name_the_problem() {
+        setup();
+        create_checkout();
+        Spi::run(
+            "SELECT kpi.create_alert(name => 'busy', kpi => 'checkout', condition => 'orders > 5',
+                    \"window\" => '10 minutes', severity => 'critical')",
+        )
+        .expect("create_alert");
+        let id = one::<i64>("SELECT id FROM kpi.alerts WHERE alert = 'busy'");
+        // Not firing yet: nothing to acknowledge.
+        let early = try_sql(&format!(
+            "SELECT kpi.ack_alert({}, 'alice', 'x')",
+            id.unwrap_or(0)
+        ));
+        assert!(
+            matches!(&early, Err((c, _, Some(_))) if c.contains("OBJECT_NOT_IN_PREREQUISITE_STATE") || c.contains("UNDEFINED_OBJECT")),
+            "{early:?}"
+        );
+        assert_eq!(evaluate(), 1);
+        let id = one::<i64>("SELECT id FROM kpi.alerts WHERE alert = 'busy'").unwrap_or(0);
+        for (sql, code) in [
+            (
+                format!("SELECT kpi.ack_alert({id}, '  ', 'x')"),
+                "INVALID_PARAMETER_VALUE",
+            ),
+            (
+                "SELECT kpi.ack_alert(987654, 'alice', 'x')".to_string(),
+                "UNDEFINED_OBJECT",
+            ),
+        ] {
+            let r = try_sql(&sql);
+            assert!(
+                matches!(&r, Err((c, _, Some(h))) if c.contains(code) && !h.is_empty()),
+                "{sql}: {r:?}"
+            );
+        }
+        let first = one::<i64>(&format!("SELECT kpi.ack_alert({id}, 'alice', 'on it')"));
+        let again = one::<i64>(&format!("SELECT kpi.ack_alert({id}, 'bob', 'me too')"));
+        assert!(first.is_some());
+        assert_eq!(first, again, "a repeated ack returns the first one");
+        let (by, note) = Spi::get_two::<String, String>(
+            "SELECT acked_by, ack_note FROM kpi.alerts WHERE alert = 'busy'",
+        )
+        .expect("ack shown");
+        assert_eq!(
+            (by.as_deref(), note.as_deref()),
+            (Some("alice"), Some("on it"))
+        );
+        assert_eq!(history("busy"), ["firing", "acknowledged"]);
+        let started = one::<bool>(
+            "SELECT bool_and(started_at IS NOT NULL) FROM kpi.alert_history WHERE rule = 'busy'",
+        );
+        assert_eq!(started, Some(true), "firing and ack name their episode");
+        // The resolve ends the episode, and the acknowledgement with it.
+        Spi::run("DELETE FROM orders WHERE created_at > now() - interval '1 hour'; SELECT kpi._flush_for_tests();")
+            .expect("delete");
+        assert_eq!(evaluate(), 1);
+        assert_eq!(history("busy"), ["firing", "acknowledged", "resolved"]);
+        assert_eq!(
+            one::<String>("SELECT acked_by FROM kpi.alerts WHERE alert = 'busy'"),
+            None
+        );
+    }
+
+    #[pg_test]
     fn a_threshold_alert_fires_and_resolves() {
         setup();
         create_checkout();

@@ -114,6 +114,8 @@ CREATE TABLE kpi.alert_deliveries (
 );
 CREATE INDEX alert_deliveries_open ON kpi.alert_deliveries (receiver, group_key)
     WHERE status IN ('queued', 'failed');
+-- A group's members: the latest delivery of each instance in it.
+CREATE INDEX alert_deliveries_group ON kpi.alert_deliveries (receiver, group_key, history_id);
 COMMENT ON TABLE kpi.alert_deliveries IS 'pg_kpi alert deliveries: one row per transition and receiver, written by the notifier';
 
 -- One row per notification group: when it is next due, what it last sent, and which

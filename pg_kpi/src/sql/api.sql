@@ -163,6 +163,10 @@ CREATE POLICY visible_alert_state ON kpi.alert_state FOR SELECT USING (
 ALTER TABLE kpi.alert_history ENABLE ROW LEVEL SECURITY;
 CREATE POLICY visible_alert_history ON kpi.alert_history FOR SELECT USING (
     EXISTS (SELECT 1 FROM kpi.definitions d WHERE d.name = kpi));
+-- The notifier marks the rows it routed (UPDATE (routed_at), granted to its role by
+-- the administrator: docs/notifier.md#alert-delivery), for the KPIs it can see.
+CREATE POLICY route_alert_history ON kpi.alert_history FOR UPDATE USING (
+    EXISTS (SELECT 1 FROM kpi.definitions d WHERE d.name = kpi));
 GRANT SELECT ON kpi.alert_rules, kpi.alert_state, kpi.alert_history TO PUBLIC;
 
 CREATE VIEW kpi.alerts WITH (security_invoker = true) AS
