@@ -25,7 +25,10 @@ if ! have_pkg "postgresql-${PG_MAJOR}"; then
     need_apt+=("postgresql-${PG_MAJOR}")
 fi
 # prometheus: its promtool validates the notifier's /metrics in the tests.
-for pkg in libclang-dev clang sudo pkg-config libssl-dev libpq-dev postgresql-contrib prometheus; do
+# prometheus-alertmanager and python3-aiosmtpd: the real Alertmanager and SMTP
+# server the alert tests deliver to.
+for pkg in libclang-dev clang sudo pkg-config libssl-dev libpq-dev postgresql-contrib prometheus \
+    prometheus-alertmanager python3-aiosmtpd; do
     have_pkg "$pkg" || need_apt+=("$pkg")
 done
 # The headers must match the server exactly, or apt upgrades the server too.

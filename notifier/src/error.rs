@@ -29,6 +29,13 @@ pub enum ApiError {
     UnknownKpi(String),
     #[error("no such endpoint")]
     NotFound,
+    /// A resource named in the path that does not exist (an alert instance, a silence).
+    #[error("{0}")]
+    NoSuch(String),
+    /// The request is valid but the resource's state refuses it (acknowledging an
+    /// alert that is not firing).
+    #[error("{0}")]
+    Conflict(String),
     /// A request parameter that cannot be used as given.
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
@@ -50,7 +57,10 @@ impl ApiError {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) | ApiError::OriginNotAllowed(_) => StatusCode::FORBIDDEN,
-            ApiError::UnknownKpi(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::UnknownKpi(_) | ApiError::NotFound | ApiError::NoSuch(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::TooManyConnections | ApiError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -64,7 +74,8 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::OriginNotAllowed(_) => "origin_not_allowed",
             ApiError::UnknownKpi(_) => "unknown_kpi",
-            ApiError::NotFound => "not_found",
+            ApiError::NotFound | ApiError::NoSuch(_) => "not_found",
+            ApiError::Conflict(_) => "conflict",
             ApiError::BadRequest { code, .. } => code,
             ApiError::TooManyConnections => "too_many_connections",
             ApiError::NotReady(_) => "not_ready",

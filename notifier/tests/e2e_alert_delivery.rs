@@ -9,100 +9,14 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::Json;
+use common::receiver::{Hook, Mode};
 use common::*;
 use notifier::alerts::config::AlertingConfig;
 use serde_json::Value;
 use tokio::time::Instant;
-
-/// How a receiver answers.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Mode {
-    Ok,
-    Status(u16),
-    /// Never answers (the request is recorded all the same).
-    Hang,
-}
-
-#[derive(Default)]
-struct Seen {
-    bodies: Vec<Value>,
-    mode: Option<Mode>,
-}
-
-/// A webhook receiver on loopback that records every body it gets.
-#[derive(Clone)]
-struct Hook {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Seen>>,
-}
-
-impl Hook {
-    async fn start(mode: Mode) -> Hook {
-        let seen = Arc::new(Mutex::new(Seen {
-            bodies: Vec::new(),
-            mode: Some(mode),
-        }));
-        let app = axum::Router::new()
-            .route("/hook", axum::routing::post(receive))
-            .with_state(seen.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Hook { addr, seen }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
-    }
-
-    fn set_mode(&self, mode: Mode) {
-        self.seen.lock().unwrap().mode = Some(mode);
-    }
-
-    fn bodies(&self) -> Vec<Value> {
-        self.seen.lock().unwrap().bodies.clone()
-    }
-
-    /// Waits (bounded) until at least `n` bodies have arrived.
-    async fn wait(&self, n: usize, what: &str) -> Vec<Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let b = self.bodies();
-            if b.len() >= n {
-                return b;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: {} of {n} notifications arrived: {b:#?}",
-                b.len()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-async fn receive(State(seen): State<Arc<Mutex<Seen>>>, Json(body): Json<Value>) -> StatusCode {
-    let mode = {
-        let mut s = seen.lock().unwrap();
-        s.bodies.push(body);
-        s.mode.unwrap_or(Mode::Ok)
-    };
-    match mode {
-        Mode::Ok => StatusCode::OK,
-        Mode::Status(c) => StatusCode::from_u16(c).unwrap(),
-        Mode::Hang => {
-            std::future::pending::<()>().await;
-            StatusCode::OK
-        }
-    }
-}
 
 fn alerting(toml: &str) -> AlertingConfig {
     toml::from_str(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"))

@@ -1,5 +1,6 @@
-//! The JSON API: `GET /api/kpis`, `/api/kpis/{name}`, `/api/kpis/{name}/series`, and
-//! `GET /api/alerts` ([`alerts`]).
+//! The JSON API: `GET /api/kpis`, `/api/kpis/{name}`, `/api/kpis/{name}/series`;
+//! `GET /api/alerts` and `POST /api/alerts/{id}/ack` ([`alerts`]); `GET`, `POST` and
+//! `DELETE /api/silences` ([`silences`]).
 //!
 //! Every endpoint takes the same bearer token as the streams (header or `?token=`) and
 //! only shows KPIs in the token's scope. The latest snapshot comes from the hub (no
@@ -10,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -26,10 +27,14 @@ use crate::feed::filter::Topic;
 pub const MAX_POINTS: i64 = 10_000;
 
 mod alerts;
+mod silences;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/alerts", get(alerts::list))
+        .route("/alerts/{id}/ack", post(alerts::ack))
+        .route("/silences", get(silences::list).post(silences::create))
+        .route("/silences/{id}", delete(silences::expire))
         .route("/kpis", get(list))
         .route("/kpis/{name}", get(one))
         .route("/kpis/{name}/series", get(series))
@@ -45,6 +50,15 @@ type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>
 fn query<T>(q: QueryResult<T>) -> Result<T, ApiError> {
     q.map(|Query(q)| q)
         .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))
+}
+
+type BodyResult<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+/// A JSON request body, or a 400 saying what is wrong with it (axum's own rejection
+/// would answer in plain text).
+fn body<T>(b: BodyResult<T>) -> Result<T, ApiError> {
+    b.map(|Json(b)| b)
+        .map_err(|e| ApiError::bad_request("bad_body", e.body_text()))
 }
 
 /// `{"kpis":[<kpi.list() row as JSON>,…]}`, limited to the token's scope.

@@ -3,6 +3,8 @@
 //! WebSocket (tokio-tungstenite) and SSE (reqwest streaming) clients.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod receiver;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -47,12 +47,20 @@ fn status() -> TableIterator<
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
     let folded = slot.as_ref().filter(|s| s.folds > 0);
     // Every delta committed before the last successful fold began was folded by it, so
-    // the oldest pending one is at most that old. Without any fold since the server
-    // started, it is at most as old as the server.
+    // the oldest pending one is at most that old; unless a KPI failed in it, whose
+    // deltas stay, so then only the last fold in which none failed bounds them. Without
+    // such a fold since the server started, they are at most as old as the server.
+    let bound = folded.and_then(|s| {
+        if s.failing().is_empty() {
+            Some(s.last_fold_start)
+        } else {
+            Some(s.last_clean_fold_start).filter(|&t| t != 0)
+        }
+    });
     let lag = if pending == 0 {
         Some(0.0)
-    } else if let Some(s) = folded {
-        Some(seconds(now - s.last_fold_start))
+    } else if let Some(start) = bound {
+        Some(seconds(now - start))
     } else if workers::preloaded() {
         Some(seconds(now - unsafe { pg_sys::PgStartTime }))
     } else {

@@ -54,6 +54,9 @@ pub struct Slot {
     pub leave_until: i64,
     /// Start of the last successful fold (µs since 2000-01-01, Postgres's timestamptz).
     pub last_fold_start: i64,
+    /// Start of the last successful fold in which no KPI failed; 0: none yet. A KPI
+    /// that fails keeps its deltas, so only this bounds the age of those.
+    pub last_clean_fold_start: i64,
     pub last_fold_end: i64,
     pub last_fold_us: i64,
     pub folds: i64,
@@ -74,6 +77,7 @@ impl Default for Slot {
             requested: 0,
             leave_until: 0,
             last_fold_start: 0,
+            last_clean_fold_start: 0,
             last_fold_end: 0,
             last_fold_us: 0,
             folds: 0,
@@ -238,6 +242,9 @@ fn copy_text(dst: &mut [u8], len: &mut u16, text: &str) {
 pub fn record_fold(start: i64, end: i64, failing: &[String]) {
     update(|slot| {
         slot.last_fold_start = start;
+        if failing.is_empty() {
+            slot.last_clean_fold_start = start;
+        }
         slot.last_fold_end = end;
         slot.last_fold_us = end - start;
         slot.folds += 1;
