@@ -54,6 +54,16 @@ fn tokens() -> Vec<StaticToken> {
     ]
 }
 
+/// Path, token, body, and the status, error code and words of the answer.
+type AckRefusal<'a> = (
+    String,
+    Option<&'a str>,
+    Option<&'a str>,
+    u16,
+    &'a str,
+    &'a str,
+);
+
 fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or_default()
 }
@@ -230,7 +240,7 @@ async fn an_ack_is_recorded_once_and_shows_in_the_alert() {
     assert_eq!(ack["ack"]["by"], "ops");
 
     // Every refusal is a JSON error with its own status and code.
-    let cases: Vec<(String, Option<&str>, Option<&str>, u16, &str, &str)> = vec![
+    let cases: Vec<AckRefusal> = vec![
         (
             format!("/api/alerts/{other_kpi}/ack"),
             Some(SALES),
