@@ -21,6 +21,9 @@ pub const API_APP_NAME: &str = "pg_kpi_notifier_api";
 /// `application_name` of the connection that watches `kpi.status()` (and folds when
 /// the fold stalls).
 pub const FOLD_WATCH_APP_NAME: &str = "pg_kpi_notifier_fold_watch";
+/// `application_name` of the connection that follows alert transitions (the `alerts`
+/// topic).
+pub const ALERT_FEED_APP_NAME: &str = "pg_kpi_notifier_alert_feed";
 
 /// The libpq settings for every connection the notifier opens; `app_name` is used
 /// unless the URL sets one.

@@ -7,10 +7,12 @@
 //! | [`hub`] | per-topic `watch` channels: the latest value of each, frames serialized once |
 //! | [`cursor`] | what a subscriber has of a topic, and which frame a newer value needs |
 //! | [`filter`] | dimension filters and topics: a KPI, whole or restricted to some dimension values |
+//! | [`alert_events`] | the `alerts` topic: alert transitions as they commit, a live tail over `kpi.alert_history` |
 //!
 //! Nothing here knows about HTTP or clients: `serve` reads the feed through the [`hub::Hub`]
 //! and the status channels of [`listen`] and [`fold_watch`].
 
+pub mod alert_events;
 pub mod cursor;
 pub mod filter;
 pub mod fold_watch;

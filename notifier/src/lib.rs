@@ -16,6 +16,7 @@
 //! | [`feed::hub`] | per-KPI `watch` channels: the latest value of each topic, frames serialized once |
 //! | [`feed::cursor`] | what a subscriber has of a topic, and which frame a newer value needs |
 //! | [`feed::filter`] | dimension filters and topics: a KPI, whole or restricted to some dimension values |
+//! | [`feed::alert_events`] | the `alerts` topic: alert transitions as they commit |
 //! | [`alerts`] | alert delivery: routing, grouping, silences, escalation, channels, the outbox's leases |
 //! | [`fanout`] | each new value written straight into every subscribed WebSocket |
 //! | [`serve`](mod@serve) | serving: the shared state handlers get, and everything clients talk to |
@@ -78,6 +79,7 @@ pub enum ServeError {
 pub struct Feeds {
     pub listener: feed::listen::Listener,
     pub fold_watch: feed::fold_watch::FoldWatch,
+    pub alert_watcher: feed::alert_events::AlertWatcher,
 }
 
 /// Builds the shared state and the tasks that feed it.
@@ -88,6 +90,7 @@ pub fn state(
     let listen_pg = db::pg_config(&config, db::LISTEN_APP_NAME).map_err(ServeError::Config)?;
     let api_pg = db::pg_config(&config, db::API_APP_NAME).map_err(ServeError::Config)?;
     let watch_pg = db::pg_config(&config, db::FOLD_WATCH_APP_NAME).map_err(ServeError::Config)?;
+    let alerts_pg = db::pg_config(&config, db::ALERT_FEED_APP_NAME).map_err(ServeError::Config)?;
     let metrics = Arc::new(metrics::Metrics::default());
     let hub = Arc::new(feed::hub::Hub::with_metrics(metrics.clone()));
     let (status_tx, status_rx) = feed::listen::status_channel();
@@ -108,7 +111,14 @@ pub fn state(
         metrics: metrics.clone(),
         health: fold_tx,
     };
+    let alerts = Arc::new(feed::alert_events::AlertFeed::default());
+    let alert_watcher = feed::alert_events::AlertWatcher {
+        pg: alerts_pg,
+        db: config.database.clone(),
+        feed: alerts.clone(),
+    };
     let state = Arc::new(serve::Shared {
+        alerts,
         auth: serve::auth::Auth::new(&config.auth),
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         db: db::ApiDb::new(api_pg),
@@ -124,6 +134,7 @@ pub fn state(
         Feeds {
             listener,
             fold_watch,
+            alert_watcher,
         },
     ))
 }
@@ -168,6 +179,7 @@ pub async fn serve(
             .map_err(ServeError::Config)?;
     let listen_thread = feeds.listener.spawn(flag.clone())?;
     let fold_watch = tokio::spawn(feeds.fold_watch.run(flag.clone()));
+    let alert_watcher = tokio::spawn(feeds.alert_watcher.run(flag.clone()));
     let dispatcher = dispatcher.map(|d| tokio::spawn(d.run(flag.clone())));
     // The caller's future only fires the flag; everything else watches the flag.
     let watcher = tokio::spawn(async move {
@@ -205,6 +217,7 @@ pub async fn serve(
     }
     watcher.abort();
     fold_watch.abort();
+    alert_watcher.abort();
     tracing::info!("notifier stopped");
     result.map_err(ServeError::Io)
 }

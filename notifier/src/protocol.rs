@@ -4,12 +4,16 @@
 //! Client → server (WebSocket text frames):
 //! `{"op":"subscribe","kpis":["checkout"],"since":{"checkout":41}}` (optionally with
 //! `"dims":{"region":"eu"}`, a dimension filter), `{"op":"unsubscribe","kpis":["checkout"]}`
-//! (optionally with `"dims"`: only that filter), `{"op":"ping"}`.
+//! (optionally with `"dims"`: only that filter), `{"op":"ping"}`;
+//! `{"op":"subscribe_alerts"}` (optionally `"since":<transition id>`) and
+//! `{"op":"unsubscribe_alerts"}` for the `alerts` topic.
 //!
 //! Server → client: `{"type":"snapshot","kpi":…,"version":…,"data":<kpi.snapshot>}` (with
 //! `"dims"` after `"kpi"` for a filtered subscription), then `{"type":"update",…}` of the
 //! same shape, `{"type":"error","code":…,"message":…}` (with `"kpi"` when the error
-//! concerns one) and `{"type":"pong"}`.
+//! concerns one) and `{"type":"pong"}`. On the `alerts` topic: `{"type":"alerts",
+//! "since":…,"alerts":[…]}` (the alerts now, as `GET /api/alerts`) unless `since` was
+//! given, then `{"type":"alert","id":…,…}` per transition (see `feed::alert_events`).
 
 use std::collections::HashMap;
 
@@ -121,6 +125,12 @@ pub enum ClientMsg {
         kpis: Vec<String>,
         dims: Which,
     },
+    /// Follow alert transitions, after transition `since` when given (else from the
+    /// alerts as they are now).
+    SubscribeAlerts {
+        since: Option<i64>,
+    },
+    UnsubscribeAlerts,
     Ping,
 }
 
@@ -172,6 +182,17 @@ pub fn parse_client(text: &str) -> Result<ClientMsg, ParseError> {
             let dims = parse_dims(obj.get("dims"))?;
             Ok(ClientMsg::Subscribe { kpis, since, dims })
         }
+        "subscribe_alerts" => match obj.remove("since") {
+            None | Some(Value::Null) => Ok(ClientMsg::SubscribeAlerts { since: None }),
+            Some(v) => match v.as_i64() {
+                Some(id) if id >= 0 => Ok(ClientMsg::SubscribeAlerts { since: Some(id) }),
+                _ => Err(refused(
+                    ErrorCode::BadSince,
+                    "\"since\" must be a non-negative transition id (the \"id\" of the last alert message)",
+                )),
+            },
+        },
+        "unsubscribe_alerts" => Ok(ClientMsg::UnsubscribeAlerts),
         "unsubscribe" => {
             let kpis = kpi_list(obj.remove("kpis"))?;
             let dims = match obj.get("dims") {
@@ -183,7 +204,7 @@ pub fn parse_client(text: &str) -> Result<ClientMsg, ParseError> {
         other => Err(refused(
             ErrorCode::UnknownOp,
             format!(
-                "unknown op {:?} (expected subscribe, unsubscribe or ping)",
+                "unknown op {:?} (expected subscribe, unsubscribe, subscribe_alerts, unsubscribe_alerts or ping)",
                 truncate(other, 64)
             ),
         )),
@@ -297,6 +318,28 @@ pub const PONG: &str = r#"{"type":"pong"}"#;
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alert_subscriptions() {
+        assert_eq!(
+            parse_client(r#"{"op":"subscribe_alerts"}"#).unwrap(),
+            ClientMsg::SubscribeAlerts { since: None }
+        );
+        assert_eq!(
+            parse_client(r#"{"op":"subscribe_alerts","since":41}"#).unwrap(),
+            ClientMsg::SubscribeAlerts { since: Some(41) }
+        );
+        assert_eq!(
+            parse_client(r#"{"op":"unsubscribe_alerts"}"#).unwrap(),
+            ClientMsg::UnsubscribeAlerts
+        );
+        for bad in [
+            r#"{"op":"subscribe_alerts","since":-1}"#,
+            r#"{"op":"subscribe_alerts","since":"x"}"#,
+        ] {
+            assert_eq!(code(parse_client(bad)), ErrorCode::BadSince, "{bad}");
+        }
+    }
 
     fn code(r: Result<ClientMsg, ParseError>) -> ErrorCode {
         match r {

@@ -5,13 +5,15 @@
 //! | [`http`] | the router (`app`), Origin/CORS, error metrics, health |
 //! | [`ws`] | `GET /ws` sessions |
 //! | [`sse`] | `GET /sse` event streams |
-//! | [`api`] | `GET /api/kpis…` and `GET /api/alerts` JSON endpoints |
+//! | [`api`] | the JSON API: KPIs, alerts and acknowledgements, silences |
+//! | [`alert_subscription`] | a client's subscription to the `alerts` topic (WebSocket and SSE) |
 //! | [`auth`] | bearer tokens: static keys and HS256 JWTs, KPI scopes |
 //! | [`subscription`] | a client's subscription to a topic, checked and (for a new filter) first read |
 //!
 //! The shared state lives here rather than in `http`, so the handlers and the router
 //! that mounts them do not import each other.
 
+pub mod alert_subscription;
 pub mod api;
 pub mod auth;
 pub mod http;
@@ -27,6 +29,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use crate::config::Config;
 use crate::db::ApiDb;
 use crate::error::{truncate, ApiError};
+use crate::feed::alert_events::AlertFeed;
 use crate::feed::fold_watch::FoldHealth;
 use crate::feed::hub::Hub;
 use crate::feed::listen::Status;
@@ -40,6 +43,8 @@ pub type AppState = Arc<Shared>;
 pub struct Shared {
     pub config: Config,
     pub hub: Arc<Hub>,
+    /// The live tail of alert transitions (the `alerts` topic).
+    pub alerts: Arc<AlertFeed>,
     pub auth: Auth,
     pub metrics: Arc<Metrics>,
     pub status: watch::Receiver<Status>,

@@ -26,7 +26,7 @@ use crate::feed::filter::Topic;
 /// Most points one series request may return.
 pub const MAX_POINTS: i64 = 10_000;
 
-mod alerts;
+pub(crate) mod alerts;
 mod silences;
 
 pub fn router() -> Router<AppState> {

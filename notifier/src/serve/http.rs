@@ -28,6 +28,7 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(index))
         .route("/ws", get(ws::handler))
         .route("/sse", get(sse::handler))
+        .route("/sse/alerts", get(sse::alerts::handler))
         .nest("/api", api::router())
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))

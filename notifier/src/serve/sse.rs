@@ -11,6 +11,8 @@
 //! The stream is built lazily: nothing is queued per client; when the client is slow,
 //! hyper stops polling the stream and its subscriptions keep only the newest value.
 
+pub mod alerts;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

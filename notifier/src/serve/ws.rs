@@ -30,6 +30,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use super::alert_subscription::{AlertSubscription, Frame as AlertFrame};
 use super::auth::Principal;
 use super::{subscription, AppState, ConnectionGuard};
 use crate::config::{valid_kpi_name, Limits};
@@ -134,6 +135,8 @@ pub struct Session {
     /// that window started.
     dropped: u32,
     dropped_since: Instant,
+    /// The `alerts` topic, once the client subscribed to it.
+    alerts: Option<AlertSubscription>,
 }
 
 impl Session {
@@ -151,6 +154,7 @@ impl Session {
             bucket,
             dropped: 0,
             dropped_since: Instant::now(),
+            alerts: None,
         }
     }
 
@@ -212,6 +216,11 @@ impl Session {
                         // tungstenite answers pings itself; any frame proves the client reads.
                         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                         Some(Err(e)) => break read_error(&e.to_string(), state.config.limits.max_message_bytes),
+                    }
+                }
+                frames = next_alerts(&mut self.alerts, &state) => {
+                    if let Err(end) = self.on_alerts(frames, &mut socket).await {
+                        break end;
                     }
                 }
                 _ = ping.tick() => {
@@ -301,6 +310,50 @@ impl Session {
             }
             Ok(ClientMsg::Subscribe { kpis, since, dims }) => {
                 self.subscribe(sink, outbox, kpis, since, dims).await
+            }
+            Ok(ClientMsg::SubscribeAlerts { since }) => {
+                match AlertSubscription::start(&self.state, &self.principal, since).await {
+                    Ok((sub, frames)) => {
+                        self.alerts = Some(sub);
+                        self.on_alerts(Ok(frames), sink).await
+                    }
+                    Err(e) => {
+                        let msg = format!("cannot subscribe to alerts now ({e}); retry shortly");
+                        self.error(sink, ErrorCode::NotReady, &msg, None).await
+                    }
+                }
+            }
+            Ok(ClientMsg::UnsubscribeAlerts) => {
+                self.alerts = None;
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends the `alerts` topic's frames; a catch-up that failed ends the subscription,
+    /// with an error saying where to resume from.
+    async fn on_alerts<S>(
+        &mut self,
+        frames: Result<Vec<AlertFrame>, ApiError>,
+        sink: &mut S,
+    ) -> Result<(), End>
+    where
+        S: Sink<Message> + Unpin,
+        S::Error: Display,
+    {
+        match frames {
+            Ok(frames) => {
+                for f in frames {
+                    self.send(sink, Message::Text(f.json.into())).await?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let last = self.alerts.take().map_or(0, |s| s.last_id());
+                let msg = format!(
+                    "alerts: cannot catch up ({e}); subscribe_alerts again with \"since\": {last}"
+                );
+                self.error(sink, ErrorCode::NotReady, &msg, None).await
             }
         }
     }
@@ -430,6 +483,17 @@ impl Session {
 }
 
 /// The end of a client that did not take a frame in time.
+/// The next frames of the `alerts` topic; never, without a subscription.
+async fn next_alerts(
+    sub: &mut Option<AlertSubscription>,
+    state: &AppState,
+) -> Result<Vec<AlertFrame>, ApiError> {
+    match sub {
+        Some(s) => s.next(state).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn too_slow(timeout: Duration) -> End {
     End::Close(
         close::TOO_SLOW,

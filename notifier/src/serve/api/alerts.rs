@@ -16,6 +16,7 @@ use tokio_postgres::error::SqlState;
 
 use super::{body, query, BodyResult, QueryResult, TokenQuery};
 use crate::error::{truncate, ApiError};
+use crate::serve::auth::Principal;
 use crate::serve::AppState;
 
 /// Deliveries listed per instance, newest first.
@@ -57,18 +58,7 @@ pub async fn list(
     let q = query(q)?;
     let principal = state.principal(&headers, q.token.as_deref())?;
     let states = parse_states(q.state.as_deref())?;
-    let client = state.db.client().await?;
-    let row = client
-        .query_one(ALERTS_SQL, &[&states, &DELIVERIES_SHOWN])
-        .await
-        .map_err(ApiError::from_db)?;
-    let text: String = row.try_get(0).map_err(ApiError::from_db)?;
-    let all: Vec<serde_json::Value> = serde_json::from_str(&text)
-        .map_err(|e| ApiError::Internal(format!("kpi.alerts JSON: {e}")))?;
-    let alerts: Vec<serde_json::Value> = all
-        .into_iter()
-        .filter(|a| a["kpi"].as_str().is_some_and(|k| principal.scope.allows(k)))
-        .collect();
+    let alerts = current(&state, &principal, states).await?;
     Ok(Json(serde_json::json!({ "alerts": alerts })).into_response())
 }
 
@@ -157,6 +147,27 @@ pub async fn ack(
         "ack": { "id": id, "history_id": history_id, "by": actor, "at": at, "note": b.note }
     }))
     .into_response())
+}
+
+/// The alerts now within the principal's scope, in `states` when given: the rows of
+/// `GET /api/alerts`, and of the `alerts` topic's first message.
+pub async fn current(
+    state: &AppState,
+    principal: &Principal,
+    states: Option<Vec<String>>,
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    let client = state.db.client().await?;
+    let row = client
+        .query_one(ALERTS_SQL, &[&states, &DELIVERIES_SHOWN])
+        .await
+        .map_err(ApiError::from_db)?;
+    let text: String = row.try_get(0).map_err(ApiError::from_db)?;
+    let all: Vec<serde_json::Value> = serde_json::from_str(&text)
+        .map_err(|e| ApiError::Internal(format!("kpi.alerts JSON: {e}")))?;
+    Ok(all
+        .into_iter()
+        .filter(|a| a["kpi"].as_str().is_some_and(|k| principal.scope.allows(k)))
+        .collect())
 }
 
 /// `state=firing,pending` as a list; an unknown state is a 400 naming it.
