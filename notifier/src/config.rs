@@ -725,6 +725,7 @@ mod tests {
         assert_eq!(c.sse, SseConfig::default());
         assert_eq!(c.database, DatabaseConfig::default());
         assert_eq!(c.fold, FoldConfig::default());
+        assert_eq!(c.alerting, crate::alerts::config::AlertingConfig::default());
         assert_eq!(c.fold_interval_ms, 0);
     }
 

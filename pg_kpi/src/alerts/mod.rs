@@ -65,6 +65,22 @@ fn due(merged: &[i32]) -> Option<Option<Vec<i32>>> {
     })
 }
 
+/// How soon this backend's fold must run again for the rules of KPIs it merged to be
+/// evaluated: `None` when none wait. The fold worker sleeps no longer than this, so a
+/// change that came within `pg_kpi.alert_interval_ms` of the last evaluation is
+/// evaluated when the interval ends, not at the next idle fold a second later.
+pub fn waiting_due_in() -> Option<Duration> {
+    let interval = Duration::from_millis(gucs::ALERT_INTERVAL_MS.get().max(0) as u64);
+    SCHEDULE.with(|s| {
+        let s = s.borrow();
+        if s.waiting.is_empty() {
+            return None;
+        }
+        let since = s.last_merged.map_or(interval, |t| t.elapsed());
+        Some(interval.saturating_sub(since))
+    })
+}
+
 /// Called by the fold after its merge, under the fold lock. An error here (a bug, or a
 /// rule table someone broke) is recorded in `kpi.status()` and never fails the fold.
 pub fn in_fold(merged: &[i32]) -> KpiResult<()> {

@@ -73,7 +73,9 @@ pub extern "C-unwind" fn pg_kpi_fold_worker_main(arg: pg_sys::Datum) {
         let wait = if failures > 0 {
             backoff(failures)
         } else {
-            idle
+            // Rules held back by pg_kpi.alert_interval_ms are due before the idle fold.
+            crate::alerts::waiting_due_in()
+                .map_or(idle, |due| due.clamp(Duration::from_millis(1), idle))
         };
         if !BackgroundWorker::wait_latch(Some(wait)) {
             break;
