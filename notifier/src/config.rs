@@ -354,6 +354,15 @@ impl Config {
             config.database_url = Secret(url.clone());
         }
         config.validate()?;
+        // [alerting] only comes from the file: its mistakes name the file as well as
+        // the key (`config file notifier.toml: alerting.route.receiver: …`).
+        config.alerting.validate().map_err(|message| match file {
+            Some((path, _)) => ConfigError::File {
+                path: path.to_string(),
+                message,
+            },
+            None => ConfigError::Invalid(message),
+        })?;
         Ok(config)
     }
 
@@ -412,7 +421,6 @@ impl Config {
                 ));
             }
         }
-        self.alerting.validate().map_err(ConfigError::Invalid)?;
         check_bind_allowed(self.listen, self.auth_enabled()).map_err(ConfigError::Invalid)
     }
 
@@ -727,6 +735,23 @@ mod tests {
         assert_eq!(c.fold, FoldConfig::default());
         assert_eq!(c.alerting, crate::alerts::config::AlertingConfig::default());
         assert_eq!(c.fold_interval_ms, 0);
+    }
+
+    #[test]
+    fn alerting_mistakes_name_the_file_and_the_key() {
+        let text = "[[alerting.receivers]]\nname = \"ops\"\n[[alerting.receivers.webhook_configs]]\nurl = \"http://127.0.0.1:9/\"\n[alerting.route]\nreceiver = \"pager\"\n";
+        let e = Config::from_layers(
+            Some(("notifier.toml", text)),
+            env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("config file notifier.toml: alerting.route.receiver"),
+            "{e}"
+        );
+        assert!(e.contains("pager"), "{e}");
     }
 
     #[test]
