@@ -18,3 +18,13 @@ pub mod filter;
 pub mod fold_watch;
 pub mod hub;
 pub mod listen;
+
+/// A spawned task (a connection's driver) aborted when its owner goes away, so a
+/// session that ends for any reason takes its connection with it.
+pub(crate) struct AbortOnDrop<T>(pub tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

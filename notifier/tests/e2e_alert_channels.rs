@@ -11,21 +11,13 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::alerting::*;
 use common::receiver::{Hook, Mode};
 use common::*;
-use notifier::alerts::config::AlertingConfig;
 use serde_json::{json, Value};
 use tokio::time::Instant;
-
-const RULE: &str = "SELECT kpi.create_alert('orders_high', 'k', 'n >= 2', '10 minutes', severity => 'critical',
-                                            labels => '{\"team\": \"shop\"}', summary => '{{value}} orders');";
-
-fn alerting(toml: &str) -> AlertingConfig {
-    toml::from_str(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"))
-}
 
 /// Quick timers, and retries quick enough for a test but with room for Retry-After.
 const TIMERS: &str = r#"
@@ -40,44 +32,6 @@ const ROUTE_TIMERS: &str = r#"
 "#;
 const RETRY: &str =
     "retry = { max_attempts = 3, initial_backoff_ms = 50, max_backoff_ms = 5000, timeout_ms = 3000 }";
-
-async fn fire(cluster: &Arc<pg_kpi_e2e::Cluster>) {
-    exec(cluster, "INSERT INTO orders(v) VALUES (1), (2)").await;
-    exec(cluster, "SELECT kpi.evaluate_alerts()").await;
-}
-
-async fn resolve(cluster: &Arc<pg_kpi_e2e::Cluster>) {
-    exec(cluster, "DELETE FROM orders").await;
-    exec(cluster, "SELECT kpi.evaluate_alerts()").await;
-}
-
-/// `(status, attempts, last_error)` of every delivery to `receiver`, oldest first,
-/// once `done` holds (bounded).
-async fn wait_deliveries(
-    cluster: &pg_kpi_e2e::Cluster,
-    receiver: &str,
-    done: impl Fn(&[(String, i32, Option<String>)]) -> bool,
-) -> Vec<(String, i32, Option<String>)> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let c = pg(cluster).await;
-    loop {
-        let d: Vec<(String, i32, Option<String>)> = c
-            .query(
-                "SELECT status, attempts, last_error FROM kpi.alert_deliveries WHERE receiver = $1 ORDER BY history_id",
-                &[&receiver],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect();
-        if done(&d) {
-            return d;
-        }
-        assert!(Instant::now() < deadline, "deliveries to {receiver}: {d:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The `text` of every field of a Block Kit message's sections.
 fn slack_fields(body: &Value) -> Vec<String> {
@@ -258,14 +212,20 @@ async fn retry_after_is_honoured_and_an_unreachable_receiver_is_recorded() {
         );
     }
     assert_eq!(r[0].body, r[2].body, "a retry sends the same notification");
-    let d = wait_deliveries(&cluster, "busy", |d| d.iter().any(|x| x.0 == "sent")).await;
+    let d = wait_deliveries(&cluster, "busy", "the sent retry", |d| {
+        d.iter().any(|x| x.0 == "sent")
+    })
+    .await;
     assert_eq!((d[0].0.as_str(), d[0].1), ("sent", 3), "{d:?}");
 
     // The unreachable one fails after its three attempts, with the reason recorded
     // where people look: the database, /api/alerts and /metrics.
     // Like Alertmanager, the group is tried again at its next group_interval, so the
     // attempts add up while the receiver stays away.
-    let d = wait_deliveries(&cluster, "gone", |d| d.iter().any(|x| x.0 == "failed")).await;
+    let d = wait_deliveries(&cluster, "gone", "the failure", |d| {
+        d.iter().any(|x| x.0 == "failed")
+    })
+    .await;
     assert!(d[0].1 >= 3, "{d:?}");
     let error = d[0].2.clone().unwrap_or_default();
     assert!(error.contains("after 3 attempts"), "{error}");
@@ -418,7 +378,10 @@ async fn email_goes_through_a_real_smtp_server_and_bad_credentials_are_recorded(
     assert!(firing.contains("Threshold: >= 2"), "{firing}");
 
     // Bad credentials are permanent (535): one attempt, the server's answer recorded.
-    let d = wait_deliveries(&cluster, "badmail", |d| d.iter().any(|x| x.0 == "failed")).await;
+    let d = wait_deliveries(&cluster, "badmail", "the refused login", |d| {
+        d.iter().any(|x| x.0 == "failed")
+    })
+    .await;
     let error = d[0].2.clone().unwrap_or_default();
     assert_eq!(d[0].1, 1, "{d:?}");
     assert!(

@@ -9,18 +9,13 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::alerting::*;
 use common::receiver::{Hook, Mode};
 use common::*;
 use notifier::alerts::config::AlertingConfig;
 use serde_json::Value;
-use tokio::time::Instant;
-
-fn alerting(toml: &str) -> AlertingConfig {
-    toml::from_str(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"))
-}
 
 /// A config whose one receiver is `hook`, with quick timers unless `route` sets them.
 fn one_hook(hook: &Hook, route: &str) -> AlertingConfig {
@@ -49,56 +44,6 @@ fn one_hook(hook: &Hook, route: &str) -> AlertingConfig {
         "#,
         hook.url()
     ))
-}
-
-const RULE: &str = "SELECT kpi.create_alert('orders_high', 'k', 'n >= 2', '10 minutes', severity => 'critical',
-                                            labels => '{\"team\": \"shop\"}', summary => '{{value}} orders');";
-
-async fn fire(cluster: &Arc<pg_kpi_e2e::Cluster>) {
-    exec(cluster, "INSERT INTO orders(v) VALUES (1), (2)").await;
-    exec(cluster, "SELECT kpi.evaluate_alerts()").await;
-}
-
-async fn resolve(cluster: &Arc<pg_kpi_e2e::Cluster>) {
-    exec(cluster, "DELETE FROM orders").await;
-    exec(cluster, "SELECT kpi.evaluate_alerts()").await;
-}
-
-/// `(status, attempts, last_error)` of every delivery to `receiver`, oldest first.
-async fn deliveries(
-    cluster: &pg_kpi_e2e::Cluster,
-    receiver: &str,
-) -> Vec<(String, i32, Option<String>)> {
-    let c = pg(cluster).await;
-    c.query(
-        "SELECT status, attempts, last_error FROM kpi.alert_deliveries WHERE receiver = $1 ORDER BY history_id",
-        &[&receiver],
-    )
-    .await
-    .unwrap()
-    .iter()
-    .map(|r| (r.get(0), r.get(1), r.get(2)))
-    .collect()
-}
-
-async fn wait_deliveries(
-    cluster: &pg_kpi_e2e::Cluster,
-    receiver: &str,
-    what: &str,
-    done: impl Fn(&[(String, i32, Option<String>)]) -> bool,
-) -> Vec<(String, i32, Option<String>)> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let d = deliveries(cluster, receiver).await;
-        if done(&d) {
-            return d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: deliveries to {receiver}: {d:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn alert_names(body: &Value) -> Vec<String> {

@@ -116,6 +116,26 @@ impl Notification {
             .collect()
     }
 
+    /// `[FIRING:n] <alertname>`, or `[RESOLVED] <alertname>` when none of `alerts`
+    /// still fires, as Alertmanager's default titles read (`n alerts` for a group of
+    /// several rules); and whether any fires.
+    pub fn title(&self, alerts: &[&Alert]) -> (bool, String) {
+        let firing = alerts
+            .iter()
+            .filter(|a| a.status != Status::Resolved)
+            .count();
+        let name = self
+            .common_labels
+            .get("alertname")
+            .cloned()
+            .unwrap_or_else(|| format!("{} alerts", alerts.len()));
+        if firing > 0 {
+            (true, format!("[FIRING:{firing}] {name}"))
+        } else {
+            (false, format!("[RESOLVED] {name}"))
+        }
+    }
+
     /// Labels (or annotations) shared by every alert.
     pub fn common(alerts: &[Alert], of: impl Fn(&Alert) -> &Labels) -> Labels {
         let mut it = alerts.iter();

@@ -12,6 +12,7 @@
 //! database by id (`since` on WebSocket, `Last-Event-ID` on SSE): the history is the
 //! log, the broadcast only its live tail.
 
+use super::AbortOnDrop;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,16 +128,14 @@ impl AlertWatcher {
             Err(e) => return format!("connect: {e}"),
         };
         let notified = wake.clone();
+        // The driver ends with the connection; the session notices on its next query.
         let driver = tokio::spawn(async move {
             let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(m) = messages.next().await {
-                match m {
-                    Ok(AsyncMessage::Notification(_)) => notified.notify_one(),
-                    Ok(_) => {}
-                    Err(e) => return e.to_string(),
+            while let Some(Ok(m)) = messages.next().await {
+                if let AsyncMessage::Notification(_) = m {
+                    notified.notify_one();
                 }
             }
-            "connection closed".to_string()
         });
         let _abort = AbortOnDrop(driver);
         if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
@@ -179,13 +178,5 @@ impl AlertWatcher {
                 return "connection closed".into();
             }
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<String>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

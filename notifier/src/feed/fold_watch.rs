@@ -22,6 +22,7 @@
 //! is alive but not folding looks healthy again as soon as the fallback has caught up,
 //! and is noticed again one lag limit later.
 
+use super::AbortOnDrop;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -289,15 +290,6 @@ fn interval(every: Duration) -> tokio::time::Interval {
     let mut t = tokio::time::interval(every);
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     t
-}
-
-/// Aborts the connection's driver when the session ends.
-struct AbortOnDrop(tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]

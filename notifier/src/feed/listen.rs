@@ -13,6 +13,7 @@
 //! waits with exponential backoff and starts over. It never exits except on shutdown:
 //! clients keep their last values meanwhile, and the reload brings them up to date.
 
+use super::AbortOnDrop;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -103,15 +104,6 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Aborts a task when dropped, so nothing outlives the session that started it.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -256,7 +248,7 @@ impl Listener {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
-        let mut fold_task: Option<AbortOnDrop> = None;
+        let mut fold_task: Option<AbortOnDrop<()>> = None;
         loop {
             tokio::select! {
                 _ = shared.wake.notified() => {}

@@ -154,7 +154,12 @@ pub async fn handler(
             Some((chunks, st))
         }))
         .flat_map(|chunks| stream::iter(chunks.into_iter().map(Ok::<_, std::convert::Infallible>)));
-    Ok((
+    Ok(event_stream(Body::from_stream(body)))
+}
+
+/// A `text/event-stream` response around `body`: not cached, and not buffered by nginx.
+fn event_stream(body: Body) -> Response {
+    (
         [
             (
                 header::CONTENT_TYPE,
@@ -167,9 +172,9 @@ pub async fn handler(
                 HeaderValue::from_static("no"),
             ),
         ],
-        Body::from_stream(body),
+        body,
     )
-        .into_response())
+        .into_response()
 }
 
 /// `42` (one KPI) or `a:42,b:17`.

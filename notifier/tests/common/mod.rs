@@ -3,6 +3,7 @@
 //! WebSocket (tokio-tungstenite) and SSE (reqwest streaming) clients.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod alerting;
 pub mod receiver;
 
 use std::net::SocketAddr;

@@ -50,13 +50,15 @@ fn status() -> TableIterator<
     // the oldest pending one is at most that old; unless a KPI failed in it, whose
     // deltas stay, so then only the last fold in which none failed bounds them. Without
     // such a fold since the server started, they are at most as old as the server.
-    let bound = folded.and_then(|s| {
-        if s.failing().is_empty() {
-            Some(s.last_fold_start)
-        } else {
-            Some(s.last_clean_fold_start).filter(|&t| t != 0)
-        }
-    });
+    let bound = folded
+        .map(|s| {
+            if s.failing().is_empty() {
+                s.last_fold_start
+            } else {
+                s.last_clean_fold_start
+            }
+        })
+        .filter(|&start| start != 0);
     let lag = if pending == 0 {
         Some(0.0)
     } else if let Some(start) = bound {

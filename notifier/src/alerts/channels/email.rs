@@ -18,25 +18,12 @@ pub fn message(n: &Notification, cfg: &EmailConfig) -> Result<Option<Message>, S
     if alerts.is_empty() {
         return Ok(None);
     }
-    let firing = alerts
-        .iter()
-        .filter(|a| a.status != Status::Resolved)
-        .count();
-    let name = n
-        .common_labels
-        .get("alertname")
-        .cloned()
-        .unwrap_or_else(|| format!("{} alerts", alerts.len()));
     let severity = n
         .common_labels
         .get("severity")
         .map(|s| format!(" ({s})"))
         .unwrap_or_default();
-    let subject = if firing > 0 {
-        format!("[FIRING:{firing}] {name}{severity}")
-    } else {
-        format!("[RESOLVED] {name}{severity}")
-    };
+    let subject = format!("{}{severity}", n.title(&alerts).1);
     let mailbox = |a: &str| {
         a.parse::<Mailbox>()
             .map_err(|e| format!("{a:?} is not an email address: {e}"))

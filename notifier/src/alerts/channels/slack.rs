@@ -14,19 +14,9 @@ pub fn body(n: &Notification, cfg: &SlackConfig) -> Option<Value> {
     if alerts.is_empty() {
         return None;
     }
-    let firing = alerts
-        .iter()
-        .filter(|a| a.status != Status::Resolved)
-        .count();
-    let name = n
-        .common_labels
-        .get("alertname")
-        .cloned()
-        .unwrap_or_else(|| format!("{} alerts", alerts.len()));
-    let title = if firing > 0 {
-        format!("🔥 [FIRING:{firing}] {name}")
-    } else {
-        format!("✅ [RESOLVED] {name}")
+    let title = match n.title(&alerts) {
+        (true, t) => format!("🔥 {t}"),
+        (false, t) => format!("✅ {t}"),
     };
     let mut blocks = vec![json!({
         "type": "header",
