@@ -35,6 +35,7 @@ mod names;
 mod prepared;
 mod privileges;
 mod quarantine;
+mod snapshot;
 mod subxact;
 mod triggers;
 mod workers;

@@ -180,3 +180,58 @@ fn absence_fires_with_no_writes_at_all_and_resolves_on_the_first_row() {
     let states: Vec<&str> = h.iter().map(|(_, _, s)| s.as_str()).collect();
     assert_eq!(states, ["firing", "resolved"]);
 }
+
+/// An evaluation that waited for the fold lock reads what the transaction it waited for
+/// committed. It used to read in the snapshot its statement took before the wait, see
+/// the alert still firing at the old value and write that back over the resolve
+/// committed meanwhile, leaving an alert firing on a KPI with no rows.
+#[test]
+fn an_evaluation_that_waited_for_the_lock_does_not_undo_a_resolve() {
+    let cluster = Cluster::start_with(pg_kpi_e2e::ClusterOptions {
+        preload: false,
+        ..Default::default()
+    });
+    cluster.exec(SETUP);
+    cluster.exec(
+        "SELECT kpi.create_alert('seen', 'k', 'n >= 2', '10 minutes');
+         INSERT INTO orders(v) VALUES (1), (2);",
+    );
+    cluster.exec("SELECT kpi.evaluate_alerts()");
+    let mut client = cluster.connect();
+    assert_eq!(state(&mut client, "seen"), "firing");
+
+    // A resolves the alert and holds the fold lock until it commits.
+    let mut a = cluster.connect();
+    a.batch_execute("BEGIN; DELETE FROM orders; SELECT kpi.evaluate_alerts();")
+        .unwrap_or_else(|e| panic!("A: {}", describe_error(&e)));
+    // B's statement starts (and takes its snapshot) while A still holds the lock.
+    let url = cluster.url();
+    let b = std::thread::spawn(move || {
+        let mut b = Client::connect(&url, pg_kpi_e2e::postgres::NoTls).expect("connect B");
+        b.batch_execute("SELECT kpi.evaluate_alerts()")
+            .map_err(|e| describe_error(&e))
+    });
+    wait_for(T, "B to wait for the fold lock", || {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'
+                    AND query LIKE '%evaluate_alerts%'",
+                &[],
+            )
+            .expect("pg_stat_activity")
+            .get(0);
+        (waiting == 1).then_some(())
+    });
+    a.batch_execute("COMMIT")
+        .unwrap_or_else(|e| panic!("A commit: {}", describe_error(&e)));
+    b.join().expect("B's thread").expect("B's evaluation");
+
+    // B saw the resolve and moved on from it; it did not fire again.
+    assert_eq!(state(&mut client, "seen"), "inactive");
+    let states: Vec<String> = history(&mut client, "seen")
+        .into_iter()
+        .map(|(_, _, to)| to)
+        .collect();
+    assert_eq!(states, ["firing", "resolved"]);
+}

@@ -87,14 +87,17 @@ pub fn in_fold(merged: &[i32]) -> KpiResult<()> {
     let Some(ids) = due(merged) else {
         return Ok(());
     };
-    let rules = crate::privileges::as_extension_owner(|| rules::Rule::load(ids.as_deref()))?;
-    if rules.is_empty() {
-        return Ok(());
-    }
-    if let Err(message) = isolated(|| evaluate::evaluate(&rules)) {
-        health::record_error(&format!("alerts: {message}"));
-    }
-    Ok(())
+    // The fold's merges and whatever committed while it waited for the lock.
+    crate::snapshot::fresh(|| {
+        let rules = crate::privileges::as_extension_owner(|| rules::Rule::load(ids.as_deref()))?;
+        if rules.is_empty() {
+            return Ok(());
+        }
+        if let Err(message) = isolated(|| evaluate::evaluate(&rules)) {
+            health::record_error(&format!("alerts: {message}"));
+        }
+        Ok(())
+    })
 }
 
 /// `kpi.evaluate_alerts()`: every rule, now; returns the number of transitions.
@@ -102,8 +105,12 @@ pub fn in_fold(merged: &[i32]) -> KpiResult<()> {
 fn evaluate_alerts() -> i64 {
     (|| -> KpiResult<i64> {
         crate::fold::lock_folds()?;
-        let rules = crate::privileges::as_extension_owner(|| rules::Rule::load(None))?;
-        Ok(evaluate::evaluate(&rules)? as i64)
+        // Read after the lock: a fold or evaluation it waited for may have just
+        // changed the values and the alerts' states.
+        crate::snapshot::fresh(|| {
+            let rules = crate::privileges::as_extension_owner(|| rules::Rule::load(None))?;
+            Ok(evaluate::evaluate(&rules)? as i64)
+        })
     })()
     .or_raise()
 }
