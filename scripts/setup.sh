@@ -27,8 +27,9 @@ fi
 # prometheus: its promtool validates the notifier's /metrics in the tests.
 # prometheus-alertmanager and python3-aiosmtpd: the real Alertmanager and SMTP
 # server the alert tests deliver to.
+# wrk: the HTTP load generator of bench/ingest.sh.
 for pkg in libclang-dev clang sudo pkg-config libssl-dev libpq-dev postgresql-contrib prometheus \
-    prometheus-alertmanager python3-aiosmtpd; do
+    prometheus-alertmanager python3-aiosmtpd wrk; do
     have_pkg "$pkg" || need_apt+=("$pkg")
 done
 # The headers must match the server exactly, or apt upgrades the server too.
