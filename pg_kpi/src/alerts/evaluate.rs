@@ -23,6 +23,12 @@ pub fn evaluate(rules: &[Rule]) -> KpiResult<usize> {
     if rules.is_empty() {
         return Ok(0);
     }
+    // Both callers evaluate in one fresh snapshot (`snapshot::fresh`), and evaluating
+    // never writes the delta buffer: every window may share one read of it.
+    crate::deltas::buffer::read_once_during(|| evaluate_in_snapshot(rules))
+}
+
+fn evaluate_in_snapshot(rules: &[Rule]) -> KpiResult<usize> {
     let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
     let mut ids: Vec<i32> = rules.iter().map(|r| r.kpi_id).collect();
     ids.sort_unstable();

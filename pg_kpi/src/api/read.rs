@@ -484,19 +484,10 @@ fn pending(kpi_id: i32) -> SetOfIterator<'static, JsonB> {
             readable(&name)?;
         }
         // In the calling query's snapshot, the one its scan of the aggregate table uses.
-        let batches = deltas::buffer::visible_batches()?;
         // One row per group: entries of many transactions merged, and of this one.
         let mut merged = Merged::default();
         merged.extend(crate::capture::own_pending(kpi_id));
-        for batch in &batches {
-            let entries = deltas::decode(batch).map_err(KpiError::internal)?;
-            merged.extend(
-                entries
-                    .into_iter()
-                    .filter(|(g, _)| g.kpi == kpi_id)
-                    .collect(),
-            );
-        }
+        merged.extend(deltas::buffer::visible_entries_of(kpi_id)?);
         Ok(merged
             .into_entries()
             .iter()

@@ -13,12 +13,17 @@
 //! Being internal, neither is subject to the caller's privileges, which do not include
 //! the delta buffer.
 
+use super::{ByKpi, Entry, Group, Merged};
 use crate::errors::KpiError;
 use pgrx::prelude::*;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::num::NonZeroUsize;
+use std::rc::Rc;
 
 thread_local! {
+    /// The visible entries, merged by KPI, while `read_once_during` holds them.
+    static HELD: RefCell<Option<Rc<ByKpi>>> = const { RefCell::new(None) };
+
     /// The OIDs of `kpi.deltas` and of schema `kpi`, remembered between transactions
     /// (they change only when the extension is recreated, which `open` notices).
     static DELTAS: Cell<(pg_sys::Oid, pg_sys::Oid)> =
@@ -42,8 +47,45 @@ pub fn append(batch: &[u8]) -> Result<(), KpiError> {
     Ok(())
 }
 
+/// The visible entries of KPI `kpi`, merged per group: from the batches the running
+/// query can see, or from those `read_once_during` read.
+pub fn visible_entries_of(kpi: i32) -> Result<Vec<(Group, Entry)>, KpiError> {
+    if let Some(held) = HELD.with(|h| h.borrow().clone()) {
+        return Ok(held.get(&kpi).cloned().unwrap_or_default());
+    }
+    let mut merged = Merged::default();
+    for batch in &visible_batches()? {
+        let entries = super::decode(batch).map_err(KpiError::internal)?;
+        merged.extend(entries.into_iter().filter(|(g, _)| g.kpi == kpi).collect());
+    }
+    Ok(merged.by_kpi().remove(&kpi).unwrap_or_default())
+}
+
+/// Runs `f` with the delta buffer read and decoded once, up front, for every read
+/// inside it. An alert evaluation reads a dozen windows, each merging the pending
+/// deltas; under write load the buffer's heap holds the dead batches of many folds
+/// until vacuum, and scanning it for every window cost more than the rest of the
+/// evaluation together. Only for work done in one snapshot that does not write to
+/// the buffer, so that every read would have seen exactly these batches.
+pub fn read_once_during<T>(f: impl FnOnce() -> Result<T, KpiError>) -> Result<T, KpiError> {
+    let mut merged = Merged::default();
+    for batch in &visible_batches()? {
+        merged.extend(super::decode(batch).map_err(KpiError::internal)?);
+    }
+    let previous = HELD.with(|h| h.replace(Some(Rc::new(merged.by_kpi()))));
+    /// Lets go of the entries however `f` ends (a raised error unwinds through here).
+    struct Release(Option<Rc<ByKpi>>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            HELD.with(|h| *h.borrow_mut() = self.0.take());
+        }
+    }
+    let _release = Release(previous);
+    f()
+}
+
 /// Every batch visible to the running query (the active snapshot).
-pub fn visible_batches() -> Result<Vec<Vec<u8>>, KpiError> {
+fn visible_batches() -> Result<Vec<Vec<u8>>, KpiError> {
     let mut batches = Vec::new();
     unsafe {
         let rel = open(pg_sys::AccessShareLock)?;
