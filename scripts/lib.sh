@@ -63,4 +63,14 @@ cluster_stop() {
 install_extension() {
     log "building and installing pg_kpi (release)"
     (cd "$ROOT/pg_kpi" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)
+    # Older releases' frozen install scripts and the upgrade scripts, for CREATE EXTENSION
+    # pg_kpi VERSION '…' and ALTER EXTENSION pg_kpi UPDATE (docs/releasing.md). The current
+    # version's script is the one pgrx just generated: an existing script is kept.
+    local extdir f
+    extdir="$("$PG_CONFIG" --sharedir)/extension"
+    for f in "$ROOT"/pg_kpi/sql/releases/pg_kpi--*.sql "$ROOT"/pg_kpi/sql/upgrades/pg_kpi--*--*.sql; do
+        [ -f "$f" ] || continue
+        case "$f" in */releases/*) [ -e "$extdir/${f##*/}" ] && continue ;; esac
+        install -m 644 "$f" "$extdir/"
+    done
 }

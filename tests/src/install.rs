@@ -161,3 +161,59 @@ pub fn private_bin_dir(system_bin: &Path) -> Option<PathBuf> {
     }
     None
 }
+
+/// A snapshot like [`private_bin_dir`]'s in a directory of its own, whose extension
+/// directory a test may add files to (the upgrade tests install frozen releases and
+/// made-up versions there without touching the system installation). Removed on drop.
+pub struct ScratchInstall {
+    root: PathBuf,
+    bin: PathBuf,
+    extension: PathBuf,
+}
+
+impl ScratchInstall {
+    /// A new snapshot of the installation at `system_bin` named after `name`.
+    pub fn new(system_bin: &Path, name: &str) -> io::Result<ScratchInstall> {
+        let l = layout(system_bin)
+            .ok_or_else(|| io::Error::other(format!("cannot run {system_bin:?}/pg_config")))?;
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-pginstall-scratch");
+        let root = base.join(format!("{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        build(&root, &l)?;
+        // The servers run as `postgres` when we are root: it must read the snapshot.
+        let _ = Command::new("chmod").arg("a+rx").arg(&base).status();
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(&root)
+            .status();
+        Ok(ScratchInstall {
+            bin: under(&root, &l.bin),
+            extension: under(&root, &l.share).join("extension"),
+            root,
+        })
+    }
+
+    /// The server binaries (for [`crate::ClusterOptions::bin_dir`]).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
+    /// The extension directory the servers read control and script files from.
+    pub fn extension_dir(&self) -> &Path {
+        &self.extension
+    }
+
+    /// Writes `contents` as file `name` of the extension directory, readable by the server.
+    pub fn add_extension_file(&self, name: &str, contents: &str) -> io::Result<()> {
+        let path = self.extension.join(name);
+        fs::write(&path, contents)?;
+        let _ = Command::new("chmod").arg("a+r").arg(&path).status();
+        Ok(())
+    }
+}
+
+impl Drop for ScratchInstall {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}

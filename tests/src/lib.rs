@@ -62,9 +62,9 @@ fn running_as_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Runs a Postgres binary, as `postgres` when we are root.
-fn pg_command(binary: &str) -> Command {
-    let path = pg_bin_dir().join(binary);
+/// Runs a Postgres binary of `bin_dir`, as `postgres` when we are root.
+fn pg_command(bin_dir: &Path, binary: &str) -> Command {
+    let path = bin_dir.join(binary);
     if running_as_root() {
         let mut cmd = Command::new("runuser");
         cmd.args(["-u", "postgres", "--"]).arg(path);
@@ -119,6 +119,9 @@ pub struct ClusterOptions {
     /// Run `CREATE EXTENSION pg_kpi` in database `test` at start. Tests that need to see
     /// what CREATE EXTENSION itself reports (notices) turn this off and run it themselves.
     pub create_extension: bool,
+    /// The server binaries to run instead of [`pg_bin_dir`]: an installation snapshot
+    /// with extra extension files ([`install::scratch_bin_dir`], the upgrade tests).
+    pub bin_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -127,6 +130,7 @@ impl Default for ClusterOptions {
             preload: true,
             settings: Vec::new(),
             create_extension: true,
+            bin_dir: None,
         }
     }
 }
@@ -166,8 +170,9 @@ impl Cluster {
                 .status();
         }
         chown_to_postgres(&dir);
+        let bin_dir = options.bin_dir.clone().unwrap_or_else(pg_bin_dir);
         run_ok(
-            pg_command("initdb")
+            pg_command(&bin_dir, "initdb")
                 .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
                 .arg("-D")
                 .arg(dir.join("data"))
@@ -196,7 +201,7 @@ impl Cluster {
         std::fs::create_dir_all(&dir).expect("create standby dir");
         chown_to_postgres(&dir);
         run_ok(
-            pg_command("pg_basebackup")
+            self.pg_command("pg_basebackup")
                 .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
                 .args(["-U", "postgres", "-X", "stream", "-R", "--no-sync", "-D"])
                 .arg(dir.join("data")),
@@ -209,6 +214,12 @@ impl Cluster {
         };
         standby.pg_ctl_start();
         standby
+    }
+
+    /// Runs one of this cluster's server binaries.
+    fn pg_command(&self, binary: &str) -> Command {
+        let bin_dir = self.options.bin_dir.clone().unwrap_or_else(pg_bin_dir);
+        pg_command(&bin_dir, binary)
     }
 
     fn server_options(&self) -> String {
@@ -229,7 +240,8 @@ impl Cluster {
 
     /// Creates a database in single-user mode, with the server stopped.
     fn create_database_offline(&self, db: &str) {
-        let mut child = pg_command("postgres")
+        let mut child = self
+            .pg_command("postgres")
             .arg("--single")
             .arg("-D")
             .arg(self.dir.join("data"))
@@ -258,7 +270,8 @@ impl Cluster {
     }
 
     fn pg_ctl_start(&self) {
-        let out = pg_command("pg_ctl")
+        let out = self
+            .pg_command("pg_ctl")
             .arg("-D")
             .arg(self.dir.join("data"))
             .arg("-o")
@@ -283,7 +296,8 @@ impl Cluster {
     }
 
     pub fn stop_mode(&self, mode: &str) {
-        let _ = pg_command("pg_ctl")
+        let _ = self
+            .pg_command("pg_ctl")
             .arg("-D")
             .arg(self.dir.join("data"))
             .args(["-m", mode, "-w", "stop"])
