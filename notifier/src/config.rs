@@ -43,6 +43,8 @@ pub struct Config {
     pub ws: WsConfig,
     pub sse: SseConfig,
     pub alerting: crate::alerts::config::AlertingConfig,
+    /// `POST /api/events/{source}`: sources and their column mappings (see `ingest`).
+    pub ingest: crate::ingest::config::IngestConfig,
 }
 
 /// How the notifier talks to Postgres.
@@ -108,7 +110,11 @@ pub struct StaticToken {
     pub name: String,
     pub token: Secret,
     /// KPI names this key may read; `"*"` means all.
+    #[serde(default)]
     pub kpis: Vec<String>,
+    /// Ingest sources this key may send events to; `"*"` means all.
+    #[serde(default)]
+    pub ingest: Vec<String>,
 }
 
 /// Browser-facing HTTP settings.
@@ -197,6 +203,7 @@ impl Default for Config {
             ws: WsConfig::default(),
             sse: SseConfig::default(),
             alerting: Default::default(),
+            ingest: Default::default(),
         }
     }
 }
@@ -363,6 +370,14 @@ impl Config {
             },
             None => ConfigError::Invalid(message),
         })?;
+        // [ingest] too: only from the file.
+        config.ingest.validate().map_err(|message| match file {
+            Some((path, _)) => ConfigError::File {
+                path: path.to_string(),
+                message,
+            },
+            None => ConfigError::Invalid(message),
+        })?;
         Ok(config)
     }
 
@@ -405,13 +420,18 @@ impl Config {
             if t.token.expose().trim().is_empty() {
                 return bad(format!("auth.tokens[{i}]: token is empty"));
             }
-            if t.kpis.is_empty() {
+            if t.kpis.is_empty() && t.ingest.is_empty() {
                 return bad(format!(
-                    "auth.tokens[{i}]: kpis is empty (use [\"*\"] for all)"
+                    "auth.tokens[{i}]: kpis and ingest are both empty (use kpis = [\"*\"] for all KPIs)"
                 ));
             }
             if let Some(k) = t.kpis.iter().find(|k| *k != "*" && !valid_kpi_name(k)) {
                 return bad(format!("auth.tokens[{i}]: {k:?} is not a KPI name"));
+            }
+            if let Some(k) = t.ingest.iter().find(|k| *k != "*" && !valid_kpi_name(k)) {
+                return bad(format!(
+                    "auth.tokens[{i}].ingest: {k:?} is not an ingest source name"
+                ));
             }
         }
         for o in &self.http.allowed_origins {
@@ -734,6 +754,7 @@ mod tests {
         assert_eq!(c.database, DatabaseConfig::default());
         assert_eq!(c.fold, FoldConfig::default());
         assert_eq!(c.alerting, crate::alerts::config::AlertingConfig::default());
+        assert_eq!(c.ingest, crate::ingest::config::IngestConfig::default());
         assert_eq!(c.fold_interval_ms, 0);
     }
 
@@ -752,6 +773,28 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("pager"), "{e}");
+    }
+
+    #[test]
+    fn ingest_mistakes_name_the_file_and_the_key() {
+        let text = "[[ingest.sources]]\nname = \"shop\"\ntable = \"orders\"\n[ingest.sources.columns]\ntotal = { type = \"money\" }\n";
+        let e = Config::from_layers(
+            Some(("notifier.toml", text)),
+            env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("config file notifier.toml: ingest.sources[0].columns.total.type"),
+            "{e}"
+        );
+        let text = "[[auth.tokens]]\ntoken = \"0123456789abcdef\"\ningest = [\"shop\"]\n";
+        let c = Config::from_layers(Some(("f", text)), env(&[]), &Overrides::default()).unwrap();
+        assert!(c.auth.tokens[0].kpis.is_empty());
+        let text = "[[auth.tokens]]\ntoken = \"0123456789abcdef\"\ningest = [\"Shop\"]\n";
+        let r = Config::from_layers(Some(("f", text)), env(&[]), &Overrides::default());
+        assert!(matches!(r, Err(ConfigError::Invalid(m)) if m.contains("ingest")));
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub mod db;
 pub mod error;
 pub mod fanout;
 pub mod feed;
+pub mod ingest;
 pub mod metrics;
 pub mod protocol;
 pub mod serve;
@@ -123,6 +124,7 @@ pub fn state(
         connections: Arc::new(Semaphore::new(config.limits.max_connections)),
         db: db::ApiDb::new(api_pg),
         hub,
+        ingest: Arc::new(ingest::Ingest::new(&config).map_err(ServeError::Config)?),
         metrics,
         status: status_rx,
         fold: fold_rx,
@@ -181,6 +183,7 @@ pub async fn serve(
     let fold_watch = tokio::spawn(feeds.fold_watch.run(flag.clone()));
     let alert_watcher = tokio::spawn(feeds.alert_watcher.run(flag.clone()));
     let dispatcher = dispatcher.map(|d| tokio::spawn(d.run(flag.clone())));
+    let ingest_check = tokio::spawn(state.ingest.clone().check_all());
     // The caller's future only fires the flag; everything else watches the flag.
     let watcher = tokio::spawn(async move {
         shutdown.await;
@@ -218,6 +221,7 @@ pub async fn serve(
     watcher.abort();
     fold_watch.abort();
     alert_watcher.abort();
+    ingest_check.abort();
     tracing::info!("notifier stopped");
     result.map_err(ServeError::Io)
 }

@@ -51,6 +51,8 @@ pub struct Shared {
     /// Whether the fold keeps up (see `fold_watch`).
     pub fold: watch::Receiver<FoldHealth>,
     pub db: ApiDb,
+    /// `POST /api/events`: the ingest sources and their connections.
+    pub ingest: Arc<crate::ingest::Ingest>,
     /// One permit per open WebSocket or SSE connection (`limits.max_connections`).
     pub connections: Arc<Semaphore>,
     pub shutdown: Shutdown,

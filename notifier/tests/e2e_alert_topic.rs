@@ -35,11 +35,13 @@ async fn setup() -> (Arc<pg_kpi_e2e::Cluster>, Notifier) {
             name: "ops".into(),
             token: Secret(ALL.into()),
             kpis: vec!["*".into()],
+            ingest: vec![],
         },
         StaticToken {
             name: "k2".into(),
             token: Secret(K2.into()),
             kpis: vec!["k2".into()],
+            ingest: vec![],
         },
     ];
     let n = Notifier::start(cfg).await;

@@ -45,11 +45,13 @@ fn tokens() -> Vec<StaticToken> {
             name: "ops".into(),
             token: Secret(ALL.into()),
             kpis: vec!["*".into()],
+            ingest: vec![],
         },
         StaticToken {
             name: "sales".into(),
             token: Secret(SALES.into()),
             kpis: vec!["k".into()],
+            ingest: vec![],
         },
     ]
 }
@@ -110,11 +112,13 @@ async fn alerts_are_listed_by_state_within_the_tokens_scope() {
             name: "ops".into(),
             token: Secret(ALL.into()),
             kpis: vec!["*".into()],
+            ingest: vec![],
         },
         StaticToken {
             name: "sales".into(),
             token: Secret(SALES.into()),
             kpis: vec!["k".into()],
+            ingest: vec![],
         },
     ];
     let n = Notifier::start(cfg).await;

@@ -43,11 +43,13 @@ async fn setup() -> (std::sync::Arc<pg_kpi_e2e::Cluster>, Notifier) {
             name: "ops".into(),
             token: Secret(ALL.into()),
             kpis: vec!["*".into()],
+            ingest: vec![],
         },
         StaticToken {
             name: "sales".into(),
             token: Secret(SALES.into()),
             kpis: vec!["k".into()],
+            ingest: vec![],
         },
     ];
     cfg.auth.jwt_secret = Secret(SECRET.into());

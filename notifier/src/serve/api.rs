@@ -27,12 +27,14 @@ use crate::feed::filter::Topic;
 pub const MAX_POINTS: i64 = 10_000;
 
 pub(crate) mod alerts;
+mod events;
 mod silences;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/alerts", get(alerts::list))
         .route("/alerts/{id}/ack", post(alerts::ack))
+        .route("/events/{source}", post(events::post))
         .route("/silences", get(silences::list).post(silences::create))
         .route("/silences/{id}", delete(silences::expire))
         .route("/kpis", get(list))

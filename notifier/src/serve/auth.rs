@@ -2,9 +2,11 @@
 //!
 //! A token is either a static key from the config or an HS256 JWT signed with
 //! `auth.jwt_secret`, carrying `exp` (required) and a `kpis` claim (an array of KPI
-//! names, `["*"]` or `"*"` for all; required, so a token minted for something else
-//! grants nothing here). It comes in `Authorization: Bearer …` or, because browsers
-//! cannot set headers on WebSocket and EventSource, in `?token=…`.
+//! names, `["*"]` or `"*"` for all) and/or an `ingest` claim (the ingest sources it may
+//! send events to, in the same form); one of them is required, so a token minted for
+//! something else grants nothing here. A static key has the same two lists (`kpis`,
+//! `ingest`). It comes in `Authorization: Bearer …` or, because browsers cannot set
+//! headers on WebSocket and EventSource, in `?token=…`.
 //!
 //! With no tokens configured, every request is anonymous with access to every KPI; the
 //! config and `serve` only allow that on a loopback address.
@@ -48,6 +50,8 @@ pub struct Principal {
     /// For logs: the static key's name, the JWT's `sub`, or "anonymous".
     pub name: String,
     pub scope: Scope,
+    /// Which ingest sources it may send events to (`POST /api/events/{source}`).
+    pub ingest: Scope,
     /// Unix seconds at which the token expires (JWTs only); streaming connections
     /// are closed then.
     pub expires_at: Option<i64>,
@@ -58,6 +62,7 @@ impl Principal {
         Principal {
             name: "anonymous".into(),
             scope: Scope::All,
+            ingest: Scope::All,
             expires_at: None,
         }
     }
@@ -89,7 +94,10 @@ struct Claims {
     exp: i64,
     #[serde(default)]
     sub: Option<String>,
-    kpis: KpisClaim,
+    #[serde(default)]
+    kpis: Option<KpisClaim>,
+    #[serde(default)]
+    ingest: Option<KpisClaim>,
 }
 
 #[derive(Deserialize)]
@@ -99,10 +107,22 @@ enum KpisClaim {
     Many(Vec<String>),
 }
 
+impl KpisClaim {
+    /// The scope a claim grants; an absent claim grants nothing.
+    fn scope(claim: Option<KpisClaim>) -> Scope {
+        match claim {
+            None => Scope::Kpis(HashSet::new()),
+            Some(KpisClaim::One(s)) => Scope::from_names(&[s]),
+            Some(KpisClaim::Many(v)) => Scope::from_names(&v),
+        }
+    }
+}
+
 struct StaticKey {
     name: String,
     token: Vec<u8>,
     scope: Scope,
+    ingest: Scope,
 }
 
 /// The token checker built from [`AuthConfig`].
@@ -126,6 +146,7 @@ impl Auth {
                 },
                 token: t.token.expose().as_bytes().to_vec(),
                 scope: Scope::from_names(&t.kpis),
+                ingest: Scope::from_names(&t.ingest),
             })
             .collect();
         let jwt = (!config.jwt_secret.is_empty()).then(|| {
@@ -201,6 +222,7 @@ impl Auth {
             return Ok(Principal {
                 name: key.name.clone(),
                 scope: key.scope.clone(),
+                ingest: key.ingest.clone(),
                 expires_at: None,
             });
         }
@@ -218,19 +240,23 @@ impl Auth {
                 ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience".into()),
                 ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer".into()),
                 ErrorKind::Json(_) => AuthError::Invalid(
-                    "claims must include exp (number) and kpis (array of KPI names)".into(),
+                    "claims must include exp (number) and kpis (array of KPI names) or \
+                     ingest (array of ingest sources)"
+                        .into(),
                 ),
                 _ => AuthError::Invalid("unknown or malformed token".into()),
             })?;
         let claims = data.claims;
-        let scope = match claims.kpis {
-            KpisClaim::One(s) if s == "*" => Scope::All,
-            KpisClaim::One(s) => Scope::from_names(&[s]),
-            KpisClaim::Many(v) => Scope::from_names(&v),
-        };
+        if claims.kpis.is_none() && claims.ingest.is_none() {
+            return Err(AuthError::Invalid(
+                "claims must include kpis (array of KPI names) or ingest (array of ingest sources)"
+                    .into(),
+            ));
+        }
         Ok(Principal {
             name: claims.sub.unwrap_or_else(|| "jwt".into()),
-            scope,
+            scope: KpisClaim::scope(claims.kpis),
+            ingest: KpisClaim::scope(claims.ingest),
             expires_at: Some(claims.exp),
         })
     }
@@ -260,11 +286,13 @@ mod tests {
                     name: "ops".into(),
                     token: Secret("static-all-0123456789".into()),
                     kpis: vec!["*".into()],
+                    ingest: vec![],
                 },
                 StaticToken {
                     name: "sales".into(),
                     token: Secret("static-sales-0123456789".into()),
                     kpis: vec!["checkout".into()],
+                    ingest: vec!["shop_orders".into()],
                 },
             ],
             jwt_secret: Secret(SECRET.into()),
@@ -331,12 +359,45 @@ mod tests {
     }
 
     #[test]
+    fn ingest_scopes() {
+        let a = auth();
+        let p = a.check("static-sales-0123456789").unwrap();
+        assert!(p.ingest.allows("shop_orders") && !p.ingest.allows("clicks"));
+        let p = a.check("static-all-0123456789").unwrap();
+        assert!(
+            !p.ingest.allows("shop_orders"),
+            "kpis = [\"*\"] grants no ingest"
+        );
+
+        let t = jwt(json!({"exp": now() + 60, "ingest": ["clicks"]}), SECRET);
+        let p = a.check(&t).unwrap();
+        assert!(p.ingest.allows("clicks") && !p.ingest.allows("shop_orders"));
+        assert!(!p.scope.allows("checkout"), "no kpis claim: no KPIs");
+        let t = jwt(
+            json!({"exp": now() + 60, "kpis": "*", "ingest": "*"}),
+            SECRET,
+        );
+        let p = a.check(&t).unwrap();
+        assert!(p.ingest.allows("anything") && p.scope.allows("anything"));
+        let t = jwt(json!({"exp": now() + 60, "kpis": ["checkout"]}), SECRET);
+        assert!(!a.check(&t).unwrap().ingest.allows("clicks"));
+        assert_eq!(
+            Auth::new(&AuthConfig::default())
+                .authenticate(&HeaderMap::new(), None)
+                .unwrap()
+                .ingest,
+            Scope::All
+        );
+    }
+
+    #[test]
     fn query_token_can_be_disabled() {
         let mut cfg = AuthConfig {
             tokens: vec![StaticToken {
                 name: String::new(),
                 token: Secret("k".repeat(20)),
                 kpis: vec!["*".into()],
+                ingest: vec![],
             }],
             ..AuthConfig::default()
         };

@@ -23,11 +23,13 @@ fn config() -> Config {
             name: "all".into(),
             token: Secret(ALL.into()),
             kpis: vec!["*".into()],
+            ingest: vec![],
         },
         StaticToken {
             name: "b".into(),
             token: Secret(ONLY_B.into()),
             kpis: vec!["b".into()],
+            ingest: vec![],
         },
     ];
     c.http.allowed_origins = vec!["https://dash.example".into()];

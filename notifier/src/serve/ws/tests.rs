@@ -75,6 +75,7 @@ async fn harness_with(config: Config, scope: Scope, buffer: usize) -> Harness {
     let principal = Principal {
         name: "test".into(),
         scope,
+        ingest: Scope::All,
         expires_at: None,
     };
     let (client, task) = connect(&state, principal, buffer).await;
