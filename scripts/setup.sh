@@ -5,7 +5,11 @@
 #     version (unpinned, apt would upgrade the server and libpq along with them)
 #   - cargo-pgrx at exactly the workspace's pgrx version
 #   - `cargo pgrx init` against the system pg_config (never a downloaded Postgres)
+#   --build-only: only what building pg_kpi and the notifier needs (the Dockerfile's
+#   builder): no test or demo tools, and the dashboard is built later, with the sources
 set -euo pipefail
+BUILD_ONLY=0
+[ "${1:-}" = --build-only ] && BUILD_ONLY=1
 
 PG_MAJOR="${PG_MAJOR:-15}"
 PGRX_VERSION="0.18.1"
@@ -32,6 +36,19 @@ for pkg in libclang-dev clang sudo pkg-config libssl-dev libpq-dev postgresql-co
     prometheus-alertmanager python3-aiosmtpd wrk; do
     have_pkg "$pkg" || need_apt+=("$pkg")
 done
+# docker-compose: validates docker-compose.yml (scripts/check-packaging.sh).
+have_pkg docker-compose || need_apt+=(docker-compose)
+if [ "$BUILD_ONLY" = 1 ]; then
+    # postgresql-contrib is a meta-package that would pull in the newest server.
+    build_apt=()
+    for pkg in "${need_apt[@]}"; do
+        case "$pkg" in
+        sudo | postgresql-contrib | prometheus | prometheus-alertmanager | python3-aiosmtpd | wrk | chromium | docker-compose) ;;
+        *) build_apt+=("$pkg") ;;
+        esac
+    done
+    need_apt=("${build_apt[@]}")
+fi
 # The headers must match the server exactly, or apt upgrades the server too.
 if ! have_pkg "postgresql-server-dev-${PG_MAJOR}"; then
     if have_pkg "postgresql-${PG_MAJOR}"; then
@@ -66,5 +83,9 @@ if grep -qs "pg${PG_MAJOR} = \"${PG_CONFIG}\"" "${PGRX_HOME:-$HOME/.pgrx}/config
 else
     log "cargo pgrx init --pg${PG_MAJOR} ${PG_CONFIG}"
     cargo pgrx init "--pg${PG_MAJOR}" "${PG_CONFIG}"
+fi
+if [ "$BUILD_ONLY" = 1 ]; then
+    log "done (build dependencies only)"
+    exit 0
 fi
 log "done"

@@ -11,6 +11,8 @@ cd "$ROOT"
 
 "$ROOT/scripts/setup.sh"
 
+log "packaging: Dockerfile lint, docker-compose.yml, setup.sh --build-only"
+"$ROOT/scripts/check-packaging.sh"
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"
