@@ -32,10 +32,16 @@ fi
 # prometheus-alertmanager and python3-aiosmtpd: the real Alertmanager and SMTP
 # server the alert tests deliver to.
 # wrk: the HTTP load generator of bench/ingest.sh.
+# chromium: the headless browser the dashboard's test drives (DevTools Protocol).
 for pkg in libclang-dev clang sudo pkg-config libssl-dev libpq-dev postgresql-contrib prometheus \
-    prometheus-alertmanager python3-aiosmtpd wrk; do
+    prometheus-alertmanager python3-aiosmtpd wrk chromium; do
     have_pkg "$pkg" || need_apt+=("$pkg")
 done
+# Node builds the dashboard's front end (scripts/build-dashboard.sh); any node/npm on
+# the PATH will do, Debian's otherwise.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    need_apt+=(nodejs npm)
+fi
 # docker-compose: validates docker-compose.yml (scripts/check-packaging.sh).
 have_pkg docker-compose || need_apt+=(docker-compose)
 if [ "$BUILD_ONLY" = 1 ]; then
@@ -88,4 +94,6 @@ if [ "$BUILD_ONLY" = 1 ]; then
     log "done (build dependencies only)"
     exit 0
 fi
+# The notifier embeds the built dashboard; this is a no-op when it is up to date.
+"$(dirname "$0")/build-dashboard.sh"
 log "done"

@@ -43,6 +43,9 @@ pub struct Config {
     pub ws: WsConfig,
     pub sse: SseConfig,
     pub alerting: crate::alerts::config::AlertingConfig,
+    /// `[[dashboards]]`: the built-in web page's layouts (see `dashboard::config`); none
+    /// = one default dashboard of every KPI.
+    pub dashboards: Vec<crate::dashboard::Dashboard>,
     /// `POST /api/events/{source}`: sources and their column mappings (see `ingest`).
     pub ingest: crate::ingest::config::IngestConfig,
 }
@@ -203,6 +206,7 @@ impl Default for Config {
             ws: WsConfig::default(),
             sse: SseConfig::default(),
             alerting: Default::default(),
+            dashboards: Vec::new(),
             ingest: Default::default(),
         }
     }
@@ -372,6 +376,14 @@ impl Config {
         })?;
         // [ingest] too: only from the file.
         config.ingest.validate().map_err(|message| match file {
+            Some((path, _)) => ConfigError::File {
+                path: path.to_string(),
+                message,
+            },
+            None => ConfigError::Invalid(message),
+        })?;
+        // [[dashboards]] too: only from the file.
+        crate::dashboard::config::validate(&config.dashboards).map_err(|message| match file {
             Some((path, _)) => ConfigError::File {
                 path: path.to_string(),
                 message,
@@ -795,6 +807,26 @@ mod tests {
         let text = "[[auth.tokens]]\ntoken = \"0123456789abcdef\"\ningest = [\"Shop\"]\n";
         let r = Config::from_layers(Some(("f", text)), env(&[]), &Overrides::default());
         assert!(matches!(r, Err(ConfigError::Invalid(m)) if m.contains("ingest")));
+    }
+
+    #[test]
+    fn dashboard_mistakes_name_the_file_and_the_key() {
+        let text = "[[dashboards]]\nname = \"shop\"\n[[dashboards.cards]]\nkpi = \"checkout\"\nmeasure = \"revenue\"\nformat = \"euros\"\n";
+        let e = Config::from_layers(
+            Some(("notifier.toml", text)),
+            env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("config file notifier.toml: dashboards[0].cards[0].format: unknown format \"euros\""),
+            "{e}"
+        );
+        let good = text.replace("euros", "currency");
+        let c = Config::from_layers(Some(("f", &good)), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(c.dashboards[0].cards[0].measure, "revenue");
+        assert!(Config::default().dashboards.is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | module | what lives there |
 //! |---|---|
 //! | [`config`] | the one configuration struct and its layers (defaults < file < env < flags) |
+//! | [`dashboard`] | `[[dashboards]]`: the web page's layouts, validated, and resolved against the KPIs |
 //! | [`feed`] | the change feed: how values get from Postgres into per-topic channels |
 //! | [`feed::listen`] | the supervised LISTEN connection: reconnect, reload, coalesced snapshot reads, fold timer |
 //! | [`feed::fold_watch`] | `kpi.status()` polled: stalls reported, and the notifier's fallback fold |
@@ -24,6 +25,7 @@
 //! | [`serve::ws`] | `GET /ws` sessions |
 //! | [`serve::sse`] | `GET /sse` event streams |
 //! | [`serve::api`] | `GET /api/kpis…` and `GET /api/alerts` JSON endpoints |
+//! | [`serve::assets`] | the dashboard page and its assets (`dashboard/dist`), embedded at compile time |
 //! | [`serve::auth`] | bearer tokens: static keys and HS256 JWTs, KPI scopes |
 //! | [`serve::subscription`] | subscribing a client to a topic, and the first read of a new filter |
 //! | [`protocol`] | client and server messages, error codes, WebSocket close codes |
@@ -46,6 +48,7 @@
 
 pub mod alerts;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod error;
 pub mod fanout;
@@ -183,6 +186,8 @@ pub async fn serve(
     let fold_watch = tokio::spawn(feeds.fold_watch.run(flag.clone()));
     let alert_watcher = tokio::spawn(feeds.alert_watcher.run(flag.clone()));
     let dispatcher = dispatcher.map(|d| tokio::spawn(d.run(flag.clone())));
+    // Warns once ready about dashboard widgets naming KPIs or measures that do not exist.
+    tokio::spawn(dashboard::resolve::warn_at_start(state.clone()));
     let ingest_check = tokio::spawn(state.ingest.clone().check_all());
     // The caller's future only fires the flag; everything else watches the flag.
     let watcher = tokio::spawn(async move {

@@ -5,6 +5,7 @@
 //! | [`http`] | the router (`app`), Origin/CORS, error metrics, health |
 //! | [`ws`] | `GET /ws` sessions |
 //! | [`sse`] | `GET /sse` event streams |
+//! | [`assets`] | the dashboard page (`/`, `/d/{name}`) and `/assets/…`, embedded |
 //! | [`api`] | the JSON API: KPIs, alerts and acknowledgements, silences |
 //! | [`alert_subscription`] | a client's subscription to the `alerts` topic (WebSocket and SSE) |
 //! | [`auth`] | bearer tokens: static keys and HS256 JWTs, KPI scopes |
@@ -15,6 +16,7 @@
 
 pub mod alert_subscription;
 pub mod api;
+pub mod assets;
 pub mod auth;
 pub mod http;
 pub mod sse;

@@ -1,4 +1,5 @@
-//! The JSON API: `GET /api/kpis`, `/api/kpis/{name}`, `/api/kpis/{name}/series`;
+//! The JSON API: `GET /api/kpis`, `/api/kpis/{name}`, `/api/kpis/{name}/series`,
+//! `/api/kpis/{name}/top` ([`top`]); `GET /api/dashboards[/{name}]` ([`dashboards`]);
 //! `GET /api/alerts` and `POST /api/alerts/{id}/ack` ([`alerts`]); `GET`, `POST` and
 //! `DELETE /api/silences` ([`silences`]).
 //!
@@ -27,8 +28,10 @@ use crate::feed::filter::Topic;
 pub const MAX_POINTS: i64 = 10_000;
 
 pub(crate) mod alerts;
+mod dashboards;
 mod events;
 mod silences;
+mod top;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -40,6 +43,9 @@ pub fn router() -> Router<AppState> {
         .route("/kpis", get(list))
         .route("/kpis/{name}", get(one))
         .route("/kpis/{name}/series", get(series))
+        .route("/kpis/{name}/top", get(top::top))
+        .route("/dashboards", get(dashboards::list))
+        .route("/dashboards/{name}", get(dashboards::one))
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +179,10 @@ pub struct SeriesQuery {
     step: Option<String>,
     /// A JSON object of dimension values, e.g. `{"region":"eu"}`.
     dims: Option<String>,
+    /// `true` adds `day_ago` and `week_ago` to each point: the same step one day / one
+    /// week earlier (the dashboard's last-week overlay).
+    #[serde(default)]
+    compare: bool,
 }
 
 #[derive(Serialize)]
@@ -242,8 +252,11 @@ async fn series(
     let row = client
         .query_one(
             "SELECT coalesce(jsonb_agg(jsonb_build_object('bucket', s.bucket, 'value', s.value) \
+                     || CASE WHEN $8 THEN jsonb_build_object('day_ago', s.day_ago, \
+                                                             'week_ago', s.week_ago) \
+                             ELSE '{}' END \
                      ORDER BY s.bucket), '[]')::text, count(*) \
-             FROM (SELECT * FROM kpi.series($1, $2, $3, $4, $5::text::interval, $6::text::jsonb) \
+             FROM (SELECT * FROM kpi.series($1, $2, $3, $4, $5::text::interval, $6::text::jsonb, $8) \
                    LIMIT $7) AS s",
             &[
                 &name,
@@ -253,6 +266,7 @@ async fn series(
                 &step,
                 &dims,
                 &(MAX_POINTS + 1),
+                &q.compare,
             ],
         )
         .await

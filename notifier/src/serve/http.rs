@@ -4,12 +4,12 @@
 //!
 //! `app(state)` builds the whole `Router`, so tests drive it in-process with
 //! `tower::ServiceExt::oneshot` and `serve` mounts the same thing on a socket. The
-//! dashboard (a later issue) will be another route (and a static-files service) here.
+//! dashboard's page and assets are [`assets`](super::assets)' routes, merged in here.
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
@@ -25,7 +25,7 @@ use crate::metrics::Gauges;
 pub fn app(state: AppState) -> Router {
     let cors = cors_layer(&state.config);
     Router::new()
-        .route("/", get(index))
+        .merge(super::assets::router())
         .route("/ws", get(ws::handler))
         .route("/sse", get(sse::handler))
         .route("/sse/alerts", get(sse::alerts::handler))
@@ -42,16 +42,6 @@ pub fn app(state: AppState) -> Router {
             tracing::debug_span!("http", method = %req.method(), path = %req.uri().path())
         }))
         .with_state(state)
-}
-
-/// A placeholder until the dashboard lands.
-async fn index() -> Html<&'static str> {
-    Html(
-        "<!doctype html><meta charset=utf-8><title>pg_kpi notifier</title>\
-         <h1>pg_kpi notifier</h1><p>Live KPIs: <code>/ws</code>, <code>/sse?kpi=…</code>, \
-         <code>/api/kpis</code>. Health: <a href=/readyz>/readyz</a>, \
-         <a href=/metrics>/metrics</a>.</p>",
-    )
 }
 
 /// Liveness: the process is up and serving HTTP.
