@@ -730,3 +730,111 @@ async fn dashboard_in_a_real_browser() {
     server.stop().await;
     let _ = Arc::strong_count(&cluster);
 }
+
+/// The endpoints the page reads, and how they refuse bad input.
+#[tokio::test]
+async fn top_series_compare_and_dashboard_api() {
+    let cluster = cluster().await;
+    exec(
+        &cluster,
+        "CREATE TABLE sales(ts timestamptz NOT NULL DEFAULT now(), product text, amount numeric);
+         INSERT INTO sales VALUES (now(), 'a', 5), (now(), 'b', 7), (now(), 'b', 1), (now(), 'c', 2),
+                                  (now() - interval '7 days', 'a', 3);
+         SELECT kpi.create(name => 'sales', source => 'sales', time_column => 'ts',
+                           measures => 'revenue = sum(amount)', dimensions => '{product}');",
+    )
+    .await;
+    let n = Notifier::start(config(&cluster)).await;
+    let get = |path: &str| {
+        let url = n.url(path);
+        async move {
+            let r = reqwest::get(url).await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (s, v) = get("/api/kpis/sales/top?measure=revenue&dimension=product&limit=2").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["rows"],
+        json!([{"dimension_value": "b", "value": 8}, {"dimension_value": "a", "value": 5}])
+    );
+    assert_eq!(v["window"], "1 hour");
+    for (q, code, says) in [
+        ("dimension=product", "bad_request", "measure= is required"),
+        ("measure=revenue", "bad_request", "dimension= is required"),
+        (
+            "measure=revenue&dimension=product&limit=0",
+            "bad_request",
+            "limit= must be 1 to 100",
+        ),
+        (
+            "measure=revenue&dimension=product&limit=x",
+            "bad_query",
+            "limit",
+        ),
+        ("measure=nope&dimension=product", "bad_request", "nope"),
+        ("measure=revenue&dimension=region", "bad_request", "region"),
+        (
+            "measure=revenue&dimension=product&window=soon",
+            "bad_request",
+            "soon",
+        ),
+    ] {
+        let (s, v) = get(&format!("/api/kpis/sales/top?{q}")).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str().unwrap()),
+            (400, code),
+            "{q}: {v}"
+        );
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(says),
+            "{q}: {v}"
+        );
+    }
+    let (s, v) = get("/api/kpis/nope/top?measure=revenue&dimension=product").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str().unwrap()),
+        (404, "unknown_kpi")
+    );
+
+    // compare=true adds last week's value of each step; without it there is none.
+    let (s, v) =
+        get("/api/kpis/sales/series?measure=revenue&since=2m&step=1%20hour&compare=true").await;
+    assert_eq!(s, 200, "{v}");
+    let last = v["points"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["value"], json!(15));
+    assert_eq!(last["week_ago"], json!(3));
+    assert!(last.get("day_ago").is_some());
+    let (_, v) = get("/api/kpis/sales/series?measure=revenue&since=2m&step=1%20hour").await;
+    assert!(v["points"][0].get("week_ago").is_none(), "{v}");
+    let (s, v) = get("/api/kpis/sales/series?measure=revenue&compare=maybe").await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str().unwrap()),
+        (400, "bad_query"),
+        "{v}"
+    );
+
+    // No [[dashboards]]: one "default" of every KPI, served at / and /d/default.
+    let (s, v) = get("/api/dashboards").await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        v["dashboards"],
+        json!([{"name": "default", "title": "All KPIs"}])
+    );
+    let (_, v) = get("/api/dashboards/default").await;
+    assert_eq!(v["cards"][0]["kpi"], "sales");
+    assert_eq!(v["cards"][0]["kind"], "sum");
+    assert_eq!(v["tops"][0]["dimension"], "product");
+    let r = reqwest::get(n.url("/d/default")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    for path in [
+        "/assets/app.js.gz",
+        "/assets/.stamp",
+        "/assets/index.html",
+        "/assets/nope.js",
+    ] {
+        let r = reqwest::get(n.url(path)).await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+}
