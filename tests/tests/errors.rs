@@ -535,3 +535,50 @@ fn kpi_data_is_readable_only_with_a_grant() {
     );
     c.finish();
 }
+
+/// With pg_kpi preloaded, its utility hook sees every utility statement; an error raised
+/// inside one (here a bad value in a COPY into a table with a KPI) must reach the client
+/// as Postgres raised it: its CONTEXT naming the line and column, and no Rust backtrace.
+#[test]
+fn errors_in_utility_statements_keep_their_context() {
+    let cluster = Cluster::start();
+    let mut client = cluster.connect();
+    client
+        .batch_execute(
+            "CREATE TABLE sales (ts timestamptz NOT NULL, total int NOT NULL);
+             SELECT kpi.create(name => 'sales', source => 'sales', time_column => 'ts',
+                               measures => 'n = count(*), total = sum(total)');",
+        )
+        .expect("setup");
+    let mut copy = client
+        .copy_in("COPY sales FROM STDIN")
+        .expect("COPY starts");
+    use std::io::Write;
+    copy.write_all(b"2026-12-07 10:00:00+00\t1\n2026-12-07 10:01:00+00\tmany\n")
+        .expect("rows sent");
+    let err = copy.finish().expect_err("a bad integer");
+    let db = err.as_db_error().expect("a database error");
+    assert_eq!(
+        db.code(),
+        &SqlState::INVALID_TEXT_REPRESENTATION,
+        "{}",
+        describe_error(&err)
+    );
+    let context = db.where_().unwrap_or_default();
+    assert!(
+        context.contains("line 2") && context.contains("column total"),
+        "COPY's context is lost: {}",
+        describe_error(&err)
+    );
+    assert!(
+        !db.detail().unwrap_or_default().contains("backtrace"),
+        "a Rust backtrace in DETAIL: {}",
+        describe_error(&err)
+    );
+    // Nothing of the failed COPY was counted.
+    let n: i64 = client
+        .query_one("SELECT coalesce(sum(n), 0)::bigint FROM kpi.sales", &[])
+        .expect("read")
+        .get(0);
+    assert_eq!(n, 0);
+}

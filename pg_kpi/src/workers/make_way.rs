@@ -27,7 +27,12 @@ pub fn install() {
     }
 }
 
-#[pg_guard]
+/// The hook itself is not `#[pg_guard]`ed, and calls the next hook (or
+/// `standard_ProcessUtility`) directly rather than through pgrx's FFI guard: a guard
+/// would catch every error raised by every utility statement and raise it again as a
+/// new one, without its CONTEXT (COPY's "line 3, column total") and with a Rust
+/// backtrace as DETAIL. Postgres's error may longjmp straight through this frame, which
+/// holds nothing to drop; only the Rust work before it runs under a guard.
 #[allow(clippy::too_many_arguments)] // Postgres's hook signature.
 unsafe extern "C-unwind" fn process_utility(
     pstmt: *mut pg_sys::PlannedStmt,
@@ -40,24 +45,38 @@ unsafe extern "C-unwind" fn process_utility(
     qc: *mut pg_sys::QueryCompletion,
 ) {
     unsafe {
+        before_utility(pstmt);
+        let next = PREV_HOOK.unwrap_or(unguarded::standard_ProcessUtility);
+        next(pstmt, query, read_only_tree, context, params, env, dest, qc)
+    }
+}
+
+/// pg_kpi's own work before a utility statement, under pgrx's guard (a panic becomes
+/// an ERROR).
+#[pg_guard]
+unsafe extern "C-unwind" fn before_utility(pstmt: *mut pg_sys::PlannedStmt) {
+    unsafe {
         if let Some(name) = database_needing_no_sessions((*pstmt).utilityStmt) {
             make_way(&name);
         }
-        match PREV_HOOK {
-            Some(prev) => pg_sys::submodules::ffi::pg_guard_ffi_boundary(|| {
-                prev(pstmt, query, read_only_tree, context, params, env, dest, qc)
-            }),
-            None => pg_sys::standard_ProcessUtility(
-                pstmt,
-                query,
-                read_only_tree,
-                context,
-                params,
-                env,
-                dest,
-                qc,
-            ),
-        }
+    }
+}
+
+/// Postgres's own `standard_ProcessUtility`, declared here so that calling it is a
+/// plain call (pgrx's binding of it runs inside its error-catching guard).
+mod unguarded {
+    use pgrx::pg_sys;
+    unsafe extern "C-unwind" {
+        pub fn standard_ProcessUtility(
+            pstmt: *mut pg_sys::PlannedStmt,
+            query: *const std::ffi::c_char,
+            read_only_tree: bool,
+            context: pg_sys::ProcessUtilityContext::Type,
+            params: pg_sys::ParamListInfo,
+            env: *mut pg_sys::QueryEnvironment,
+            dest: *mut pg_sys::DestReceiver,
+            qc: *mut pg_sys::QueryCompletion,
+        );
     }
 }
 
