@@ -36,4 +36,7 @@ install_extension
 
 log "end-to-end tests (real clusters)"
 cargo test -p pg_kpi_e2e -p notifier --tests -- --test-threads=2
+log "the demo (scripts/demo.sh, with a short incident)"
+cargo build --release -p notifier
+"$ROOT/scripts/test-demo.sh"
 log "all tests passed"
