@@ -28,6 +28,8 @@ pub struct Kpi {
     /// finest first; then, for a KPI with dimensions, a dimensionless copy of each
     /// (see [`Tier::dims`]).
     pub tiers: Vec<Tier>,
+    /// Current-state and overdue KPIs (`crate::state`): their rows' time expression.
+    pub special: Option<crate::state::Special>,
 }
 
 /// One storage tier of a KPI: a bucket width and how long its buckets are kept.
@@ -55,8 +57,10 @@ SELECT d.id, d.name, d.source::oid, format('%I.%I', n.nspname, c.relname), c.rel
        d.time_column, d.time_type::oid, d.measures::text, d.dimensions,
        d.dimension_types::text[], d.filter, d.bucket::text,
        (extract(epoch FROM d.bucket) * 1000000)::bigint, d.retention::text, d.owner::oid, d.version,
-       (extract(epoch FROM d.retention) * 1000000)::bigint, d.rollups::text
+       (extract(epoch FROM d.retention) * 1000000)::bigint, d.rollups::text,
+       dk.kind, dk.time_expr, (extract(epoch FROM dk.resolution) * 1000000)::bigint, dk.history::text
   FROM kpi.definitions d
+  LEFT JOIN kpi.definition_kinds dk ON dk.kpi = d.id
   JOIN pg_catalog.pg_class c ON c.oid = d.source
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
 
@@ -87,6 +91,12 @@ fn from_row(r: pgrx::spi::SpiHeapTupleData) -> KpiResult<Kpi> {
         tiers.extend(totals);
     }
     Ok(Kpi {
+        special: crate::state::Special::from_columns(
+            r.get(19)?,
+            r.get(20)?,
+            r.get(21)?,
+            r.get(22)?,
+        ),
         tiers,
         id: r.get(1)?.unwrap_or_default(),
         name: r.get(2)?.unwrap_or_default(),
@@ -252,9 +262,19 @@ impl Kpi {
         self.dimensions.iter().map(quote_identifier).collect()
     }
 
+    /// The time of source row alias `r`: its time column, or the expression of a
+    /// current-state or overdue KPI (unqualified: the queries using it read the source
+    /// alone, as for filters).
+    pub fn time_sql(&self, r: &str) -> String {
+        match &self.special {
+            Some(s) => format!("({})", s.time_expr),
+            None => format!("{r}.{}", quote_identifier(&self.time_column)),
+        }
+    }
+
     /// The time column of source row alias `r` as a timestamptz (timestamp is read as UTC).
     pub fn time_tz_sql(&self, r: &str) -> String {
-        let col = format!("{r}.{}", quote_identifier(&self.time_column));
+        let col = self.time_sql(r);
         if self.time_type == pg_sys::TIMESTAMPTZOID {
             col
         } else if self.time_type == pg_sys::TIMESTAMPOID {
@@ -266,7 +286,7 @@ impl Kpi {
 
     /// Rows of `r` that the KPI counts: finite time, and the filter.
     pub fn counted_rows_sql(&self, r: &str) -> String {
-        let col = format!("{r}.{}", quote_identifier(&self.time_column));
+        let col = self.time_sql(r);
         let mut sql = format!("{col} IS NOT NULL AND isfinite({col})");
         if let Some(f) = &self.filter {
             sql.push_str(&format!(" AND ({f})"));
@@ -278,7 +298,7 @@ impl Kpi {
     /// written so an index on a timestamptz time column can be used.
     pub fn time_range_sql(&self, r: &str, lo: &str, hi: &str) -> String {
         if self.time_type == pg_sys::TIMESTAMPTZOID {
-            let col = format!("{r}.{}", quote_identifier(&self.time_column));
+            let col = self.time_sql(r);
             format!("{col} >= ({lo}) AND {col} < ({hi})")
         } else {
             let b = self.tier_bucket_of_row_sql(r, 0);

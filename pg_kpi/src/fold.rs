@@ -83,10 +83,14 @@ pub fn fold() -> KpiResult<i64> {
     } else {
         None
     };
-    let touched = match all_at_once {
+    let mut touched = match all_at_once {
         Some(touched) => touched,
         None => merge_each(&kpis, &per_kpi)?,
     };
+    // Current-state KPIs sample their new values; overdue KPIs whose deadline passed
+    // changed without a write (`crate::state`).
+    crate::state::samples::record(&kpis, &touched)?;
+    touched.extend(crate::state::overdue::passed(&touched)?);
     if retention_due() {
         apply_retention()?;
     }
@@ -325,6 +329,7 @@ fn apply_retention() -> KpiResult<()> {
 
 /// Drops one KPI's buckets older than each tier's retention.
 fn retain(kpi: &Kpi) -> KpiResult<()> {
+    crate::state::samples::retain(kpi)?;
     for (t, tier) in kpi.tiers.iter().enumerate() {
         if let Some(retention) = &tier.retention {
             Spi::run_with_args(

@@ -36,6 +36,7 @@ mod prepared;
 mod privileges;
 mod quarantine;
 mod snapshot;
+mod state;
 mod subxact;
 mod triggers;
 mod workers;
@@ -49,6 +50,16 @@ mod kpi {}
 
 extension_sql_file!("sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!("sql/alerts.sql", name = "alerts", requires = ["bootstrap"]);
+extension_sql_file!("sql/state.sql", name = "state", requires = ["bootstrap"]);
+extension_sql_file!(
+    "sql/state_api.sql",
+    name = "state_api",
+    requires = [
+        "state",
+        api::state::create_state,
+        api::state::create_overdue
+    ]
+);
 extension_sql_file!("sql/api.sql", name = "api", finalize);
 
 #[pg_guard]

@@ -13,7 +13,7 @@ use pgrx::spi::quote_identifier;
 
 const USECS_PER_DAY: i64 = 86_400_000_000;
 
-fn interval_us(i: &Interval) -> (i32, i64) {
+pub(crate) fn interval_us(i: &Interval) -> (i32, i64) {
     (i.months(), i64::from(i.days()) * USECS_PER_DAY + i.micros())
 }
 
@@ -181,13 +181,15 @@ fn validate(
     measures_text: &str,
     dimensions: &[String],
     filter: Option<&str>,
+    special: Option<&crate::state::Special>,
 ) -> KpiResult<Validated> {
-    let time = analyze(
-        source,
-        &quote_identifier(time_column),
-        Want::Time,
-        "time column",
-    )?;
+    // Current-state and overdue KPIs: the row's time is their expression (checked by
+    // `api::state`), not a column.
+    let time_sql = match special {
+        Some(s) => s.time_expr.clone(),
+        None => quote_identifier(time_column),
+    };
+    let time = analyze(source, &time_sql, Want::Time, "time column")?;
     let mut dimension_types = Vec::new();
     for (i, d) in dimensions.iter().enumerate() {
         if d == "bucket"
@@ -276,7 +278,72 @@ pub fn create_kpi(
     backfill: bool,
     rollups: Vec<Tier>,
 ) -> KpiResult<i32> {
-    names::check("KPI", name)?;
+    create_kpi_any(
+        name,
+        source,
+        time_column,
+        measures_text,
+        dimensions,
+        filter,
+        bucket,
+        retention,
+        backfill,
+        rollups,
+        false,
+        None,
+    )
+}
+
+/// `kpi.create_state` and `kpi.create_overdue` (`api::state`): a KPI whose rows' time
+/// is `special`'s expression.
+#[allow(clippy::too_many_arguments)]
+pub fn create_kpi_with(
+    name: &str,
+    source: pg_sys::Oid,
+    time_column: &str,
+    measures_text: &str,
+    dimensions: Vec<String>,
+    filter: Option<&str>,
+    bucket: Interval,
+    retention: Option<Interval>,
+    backfill: bool,
+    rollups: Vec<Tier>,
+    special: Option<&crate::state::Special>,
+) -> KpiResult<i32> {
+    create_kpi_any(
+        name,
+        source,
+        time_column,
+        measures_text,
+        dimensions,
+        filter,
+        bucket,
+        retention,
+        backfill,
+        rollups,
+        false,
+        special,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn create_kpi_any(
+    name: &str,
+    source: pg_sys::Oid,
+    time_column: &str,
+    measures_text: &str,
+    dimensions: Vec<String>,
+    filter: Option<&str>,
+    bucket: Interval,
+    retention: Option<Interval>,
+    backfill: bool,
+    rollups: Vec<Tier>,
+    building: bool,
+    special: Option<&crate::state::Special>,
+) -> KpiResult<i32> {
+    if !building {
+        names::check("KPI", name)?;
+    }
     let dimensions: Vec<String> = dimensions
         .into_iter()
         .map(|d| d.trim().to_string())
@@ -314,7 +381,14 @@ pub fn create_kpi(
         }
     }
     check_can_define(source, &source_name)?;
-    let v = validate(source, time_column, measures_text, &dimensions, filter)?;
+    let v = validate(
+        source,
+        time_column,
+        measures_text,
+        &dimensions,
+        filter,
+        special,
+    )?;
 
     // Block writers for the rest of the transaction: the backfill must see exactly the
     // rows committed before the trigger exists, no more, no less.
@@ -372,6 +446,9 @@ pub fn create_kpi(
             ],
         )?
         .ok_or_else(|| KpiError::internal("INSERT … RETURNING id returned nothing"))?;
+        if let Some(s) = special {
+            crate::state::define(id, s)?;
+        }
         // Read back as the fold does (read-write), which sees the row just inserted; the
         // read functions' lookups see only their statement's snapshot.
         let kpi = Kpi::by_ids(&[id])?
@@ -404,7 +481,12 @@ pub fn create_kpi(
                 Spi::run(&ddl::backfill(&kpi, t))?;
             }
         }
-        crate::fold::notify_versions(&[(kpi.name.clone(), 1)])?;
+        if special.is_some() {
+            crate::state::created(&kpi)?;
+        }
+        if !building {
+            crate::fold::notify_versions(&[(kpi.name.clone(), 1)])?;
+        }
         Ok(id)
     })?;
     triggers::invalidate_caches(source)?;

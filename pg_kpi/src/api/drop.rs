@@ -30,6 +30,7 @@ fn drop_by_name(name: &str, if_exists: bool) -> KpiResult<bool> {
     }
     as_extension_owner(|| -> KpiResult<()> {
         Spi::run(&format!("DROP VIEW IF EXISTS {}", kpi.view()))?;
+        crate::state::drop_objects(&kpi)?;
         for t in 0..kpi.tiers.len() {
             Spi::run(&format!("DROP VIEW IF EXISTS {}", kpi.state_view_of(t)))?;
             Spi::run(&format!("DROP TABLE IF EXISTS {}", kpi.agg_table_of(t)))?;

@@ -146,6 +146,10 @@ impl<'a> Query<'a> {
 
 /// Buckets of tier `t` overlapping `[end - window, end]`.
 fn window_bounds(k: &Kpi, t: usize, end: &str, window: &str) -> (String, String) {
+    // A current-state KPI is its one bucket; an overdue KPI, every deadline before `end`.
+    if let Some(b) = crate::state::bounds(k, end) {
+        return b;
+    }
     let w = k.width_sql(t);
     (
         format!("date_bin({w}, ({end}) - ({window}), {ORIGIN})"),
@@ -198,6 +202,10 @@ fn series(
     let rows = (|| -> KpiResult<Vec<SeriesRow>> {
         let k = readable(name)?;
         let i = k.measure_index(measure)?;
+        if crate::state::is_state(&k) {
+            dims_filter(&k, &dims.0)?;
+            return crate::state::samples::series(&k, i, since, until, step, &dims.0, compare);
+        }
         let dims = dims_filter(&k, &dims.0)?;
         let span = prepared::select_one::<i64>(
             "SELECT greatest((extract(epoch FROM now() - $1) * 1000000)::bigint, 0)",

@@ -98,11 +98,15 @@ fn load(relid: pg_sys::Oid) -> KpiResult<(TableKpis, Vec<pg_sys::Oid>)> {
                 .unwrap_or_default();
             let mut rows = Vec::new();
             let table = client.select(
-                "SELECT id, time_column, (extract(epoch FROM bucket) * 1000000)::bigint,
-                        dimensions, filter, measures::text
-                   FROM kpi.definitions
-                  WHERE source::oid = ANY($1) OR source::oid = $2
-                  ORDER BY id",
+                // The row's time: its column, or a current-state or overdue KPI's
+                // expression (`crate::state`).
+                "SELECT d.id, coalesce(dk.time_expr, quote_ident(d.time_column)),
+                        (extract(epoch FROM d.bucket) * 1000000)::bigint,
+                        d.dimensions, d.filter, d.measures::text
+                   FROM kpi.definitions d
+                   LEFT JOIN kpi.definition_kinds dk ON dk.kpi = d.id
+                  WHERE d.source::oid = ANY($1) OR d.source::oid = $2
+                  ORDER BY d.id",
                 None,
                 &[ancestors.clone().into(), relid.into()],
             )?;
@@ -124,13 +128,7 @@ fn load(relid: pg_sys::Oid) -> KpiResult<(TableKpis, Vec<pg_sys::Oid>)> {
     for row in rows {
         let measures: Vec<Measure> = serde_json::from_str(&row.measures)
             .map_err(|e| KpiError::internal(format!("corrupt measures of KPI {}: {e}", row.id)))?;
-        let time = projection.add(
-            relid,
-            &quote_identifier(&row.time_column),
-            Want::Time,
-            "time column",
-            None,
-        )?;
+        let time = projection.add(relid, &row.time_column, Want::Time, "time column", None)?;
         let dims = row
             .dimensions
             .iter()

@@ -74,8 +74,15 @@ pub extern "C-unwind" fn pg_kpi_fold_worker_main(arg: pg_sys::Datum) {
             backoff(failures)
         } else {
             // Rules held back by pg_kpi.alert_interval_ms are due before the idle fold.
-            crate::alerts::waiting_due_in()
-                .map_or(idle, |due| due.clamp(Duration::from_millis(1), idle))
+            // So are overdue KPIs' next deadlines (`state::overdue`).
+            let due = match (
+                crate::alerts::waiting_due_in(),
+                crate::state::overdue::due_in(),
+            ) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            due.map_or(idle, |due| due.clamp(Duration::from_millis(1), idle))
         };
         if !BackgroundWorker::wait_latch(Some(wait)) {
             break;
