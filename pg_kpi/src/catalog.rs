@@ -120,6 +120,10 @@ impl Kpi {
     /// The KPI `name` as the calling statement sees it (a read-only lookup: the read
     /// functions' snapshot; not what the same statement has just written).
     pub fn by_name(name: &str) -> KpiResult<Kpi> {
+        // A rebuild's hidden definition is nobody's KPI.
+        if crate::api::rebuild::is_hidden(name) {
+            return Err(KpiError::undefined_kpi(name));
+        }
         // Every read function runs this: keep its plan.
         crate::prepared::select(
             &format!("{SELECT} WHERE d.name = $1"),

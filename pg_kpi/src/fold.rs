@@ -95,8 +95,12 @@ pub fn fold() -> KpiResult<i64> {
         apply_retention()?;
     }
     if !touched.is_empty() {
-        let versions = bump_versions(&touched)?;
-        notify_versions(&versions)?;
+        let mut versions = bump_versions(&touched)?;
+        // A rebuild's hidden definition is announced once it is swapped in.
+        versions.retain(|(name, _)| !crate::api::rebuild::is_hidden(name));
+        if !versions.is_empty() {
+            notify_versions(&versions)?;
+        }
     }
     crate::alerts::in_fold(&touched)?;
     let end = unsafe { pg_sys::GetCurrentTimestamp() };

@@ -36,6 +36,9 @@ pub static FOLD_IDLE_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000)
 /// huge COPY spreading over many buckets keeps bounded memory.
 pub static MAX_PENDING_GROUPS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 
+/// How often `kpi.rebuild`/`kpi.alter` report their progress (a NOTICE) while they scan.
+pub static REBUILD_PROGRESS_MS: GucSetting<i32> = GucSetting::<i32>::new(2_000);
+
 pub fn init(preloading: bool) {
     if preloading {
         GucRegistry::define_string_guc(
@@ -114,6 +117,16 @@ pub fn init(preloading: bool) {
         10_000_000,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_kpi.rebuild_progress_ms",
+        c"How often kpi.rebuild and kpi.alter report their progress, in milliseconds.",
+        c"A NOTICE with the share of the source scanned so far; one at the start and one at the end whatever this is.",
+        &REBUILD_PROGRESS_MS,
+        10,
+        3_600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
     );
 }
 

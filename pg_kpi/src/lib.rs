@@ -50,6 +50,11 @@ mod kpi {}
 
 extension_sql_file!("sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!("sql/alerts.sql", name = "alerts", requires = ["bootstrap"]);
+extension_sql_file!(
+    "sql/rebuild.sql",
+    name = "rebuild",
+    requires = ["bootstrap"]
+);
 extension_sql_file!("sql/state.sql", name = "state", requires = ["bootstrap"]);
 extension_sql_file!(
     "sql/state_api.sql",

@@ -110,6 +110,16 @@ impl DdSketch {
         self.zero = self.zero.wrapping_add(other.zero);
     }
 
+    /// The sketch with every count negated: merged into a sketch, it takes this one's
+    /// values away again (a rebuild subtracts the deltas its backfill already counted).
+    pub fn negated(&self) -> DdSketch {
+        let mut out = self.clone();
+        out.positive.negate();
+        out.negative.negate();
+        out.zero = out.zero.wrapping_neg();
+        out
+    }
+
     /// Net number of values (insertions minus removals), saturating at the i64 range.
     pub fn count(&self) -> i64 {
         let total = self.positive.total() + self.negative.total() + i128::from(self.zero);

@@ -14,7 +14,7 @@
 //! the write path.
 
 mod ack;
-mod condition;
+pub(crate) mod condition;
 mod evaluate;
 mod rules;
 mod state;

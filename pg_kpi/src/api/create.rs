@@ -47,6 +47,7 @@ fn create(
         retention,
         backfill,
         tiers,
+        false,
     )
     .or_raise()
 }
@@ -59,7 +60,7 @@ fn rollup_error(message: String) -> KpiError {
 }
 
 /// Parses `{"1 hour": "90 days", "1 day": null}` into storage tiers, finest first.
-fn parse_rollups(
+pub(crate) fn parse_rollups(
     json: &serde_json::Value,
     bucket: &Interval,
     retention: Option<&Interval>,
@@ -277,6 +278,9 @@ pub fn create_kpi(
     retention: Option<Interval>,
     backfill: bool,
     rollups: Vec<Tier>,
+    // A rebuild's new definition, under its hidden name (see `api::rebuild`): the
+    // caller checked the real name; its build fills it, and its swap announces it.
+    building: bool,
 ) -> KpiResult<i32> {
     create_kpi_any(
         name,
@@ -289,7 +293,7 @@ pub fn create_kpi(
         retention,
         backfill,
         rollups,
-        false,
+        building,
         None,
     )
 }

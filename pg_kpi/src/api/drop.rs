@@ -29,6 +29,8 @@ fn drop_by_name(name: &str, if_exists: bool) -> KpiResult<bool> {
         ));
     }
     as_extension_owner(|| -> KpiResult<()> {
+        // What an interrupted rebuild left goes too.
+        crate::api::rebuild::drop_leftover(name)?;
         Spi::run(&format!("DROP VIEW IF EXISTS {}", kpi.view()))?;
         crate::state::drop_objects(&kpi)?;
         for t in 0..kpi.tiers.len() {

@@ -5,6 +5,7 @@ pub(crate) mod create;
 mod drop;
 mod fold;
 pub(crate) mod read;
+pub(crate) mod rebuild;
 mod sketches;
 pub(crate) mod state;
 mod status;

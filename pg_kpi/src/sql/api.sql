@@ -77,7 +77,9 @@ CREATE FUNCTION kpi.list() RETURNS TABLE (
 LANGUAGE sql STABLE AS $$
     SELECT d.name, d.source, d.time_column, d.measures, d.dimensions, d.filter, d.bucket,
            d.retention, d.version, d.created_at
-      FROM kpi.definitions d ORDER BY d.name
+      FROM kpi.definitions d
+     WHERE pg_catalog.strpos(d.name, '#') = 0  -- not a rebuild's hidden definition
+     ORDER BY d.name
 $$;
 COMMENT ON FUNCTION kpi.list() IS 'The KPIs you can see, one row each.';
 

@@ -82,6 +82,13 @@ impl Store {
         self.add_in_range(index, delta);
     }
 
+    /// Negates every count (canonical form is kept: non-zero counts stay non-zero).
+    pub(super) fn negate(&mut self) {
+        for c in &mut self.counts {
+            *c = c.wrapping_neg();
+        }
+    }
+
     /// Adds every bucket of `other`, under the larger of the two floors.
     pub(super) fn merge(&mut self, other: &Store) {
         if let Some(floor) = other.floor {
