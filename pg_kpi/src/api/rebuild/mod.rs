@@ -69,7 +69,7 @@ fn not_in_transaction_block(what: &str) -> KpiResult<()> {
 
 /// The in-progress rebuild of KPI `name`, if any: (building id, pid that started it).
 fn rebuild_of(name: &str) -> KpiResult<Option<(i32, i32)>> {
-    Ok(Spi::connect_mut(|c| {
+    Spi::connect_mut(|c| {
         let mut rows = c.update(
             "SELECT building_id, pid FROM kpi.rebuilds WHERE kpi = $1",
             None,
@@ -82,7 +82,7 @@ fn rebuild_of(name: &str) -> KpiResult<Option<(i32, i32)>> {
             ))),
             None => Ok(None),
         }
-    })?)
+    })
 }
 
 fn try_lock_rebuild(id: i32) -> KpiResult<bool> {
