@@ -52,7 +52,7 @@ fn dimensioned() -> bool {
     true
 }
 
-const SELECT: &str = "
+const SELECT_0_2: &str = "
 SELECT d.id, d.name, d.source::oid, format('%I.%I', n.nspname, c.relname), c.relkind = 'p',
        d.time_column, d.time_type::oid, d.measures::text, d.dimensions,
        d.dimension_types::text[], d.filter, d.bucket::text,
@@ -63,6 +63,54 @@ SELECT d.id, d.name, d.source::oid, format('%I.%I', n.nspname, c.relname), c.rel
   LEFT JOIN kpi.definition_kinds dk ON dk.kpi = d.id
   JOIN pg_catalog.pg_class c ON c.oid = d.source
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
+
+/// The same over a 0.1.0 catalog, which has no current-state or overdue KPIs.
+const SELECT_0_1: &str = "
+SELECT d.id, d.name, d.source::oid, format('%I.%I', n.nspname, c.relname), c.relkind = 'p',
+       d.time_column, d.time_type::oid, d.measures::text, d.dimensions,
+       d.dimension_types::text[], d.filter, d.bucket::text,
+       (extract(epoch FROM d.bucket) * 1000000)::bigint, d.retention::text, d.owner::oid, d.version,
+       (extract(epoch FROM d.retention) * 1000000)::bigint, d.rollups::text,
+       NULL::text, NULL::text, NULL::bigint, NULL::text
+  FROM kpi.definitions d
+  JOIN pg_catalog.pg_class c ON c.oid = d.source
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
+
+thread_local! {
+    static CATALOG_0_2: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this database's pg_kpi catalog is 0.2.0's (`kpi.definition_kinds`,
+/// `kpi.rebuilds`). A server gets the new library before `ALTER EXTENSION pg_kpi UPDATE`
+/// runs in each of its databases, and until then the library must work on the 0.1.0
+/// catalog: writers' captures, folds, reads and drops keep going, without the new kinds.
+/// Once seen, the new catalog stays (a downgrade is not a thing), so it is checked again
+/// only while it is missing.
+pub fn catalog_0_2() -> bool {
+    CATALOG_0_2.with(|seen| {
+        if !seen.get() {
+            let found = Spi::get_one::<bool>(
+                "SELECT to_regclass('kpi.definition_kinds') IS NOT NULL
+                    AND to_regclass('kpi.rebuilds') IS NOT NULL",
+            )
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+            seen.set(found);
+        }
+        seen.get()
+    })
+}
+
+/// The catalog query for the catalog this database has (see [`catalog_0_2`]).
+fn select_sql() -> &'static str {
+    if catalog_0_2() {
+        SELECT_0_2
+    } else {
+        SELECT_0_1
+    }
+}
+
 
 fn from_row(r: pgrx::spi::SpiHeapTupleData) -> KpiResult<Kpi> {
     let measures_json: String = r.get(8)?.unwrap_or_default();
@@ -126,7 +174,7 @@ impl Kpi {
         }
         // Every read function runs this: keep its plan.
         crate::prepared::select(
-            &format!("{SELECT} WHERE d.name = $1"),
+            &format!("{} WHERE d.name = $1", select_sql()),
             &[name.into()],
             |mut rows| match rows.next() {
                 Some(row) => from_row(row),
@@ -138,7 +186,7 @@ impl Kpi {
     pub fn by_ids(ids: &[i32]) -> KpiResult<Vec<Kpi>> {
         // Every fold runs this: keep its plan.
         crate::prepared::run(
-            &format!("{SELECT} WHERE d.id = ANY($1) ORDER BY d.id"),
+            &format!("{} WHERE d.id = ANY($1) ORDER BY d.id", select_sql()),
             &[ids.to_vec().into()],
             |rows| rows.map(from_row).collect(),
         )
@@ -146,7 +194,7 @@ impl Kpi {
 
     pub fn all() -> KpiResult<Vec<Kpi>> {
         Spi::connect(|c| {
-            c.select(&format!("{SELECT} ORDER BY d.id"), None, &[])?
+            c.select(&format!("{} ORDER BY d.id", select_sql()), None, &[])?
                 .map(from_row)
                 .collect()
         })

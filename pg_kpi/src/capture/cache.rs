@@ -97,27 +97,33 @@ fn load(relid: pg_sys::Oid) -> KpiResult<(TableKpis, Vec<pg_sys::Oid>)> {
                 .collect::<Option<Vec<_>>>()
                 .unwrap_or_default();
             let mut rows = Vec::new();
-            let table = client.select(
-                // The row's time: its column, or a current-state or overdue KPI's
-                // expression (`crate::state`).
-                "SELECT d.id, coalesce(dk.time_expr, quote_ident(d.time_column)),
-                        (extract(epoch FROM d.bucket) * 1000000)::bigint,
-                        d.dimensions, d.filter, d.measures::text
-                   FROM kpi.definitions d
-                   LEFT JOIN kpi.definition_kinds dk ON dk.kpi = d.id
+            // The row's time: its column, or a current-state or overdue KPI's
+            // expression (`crate::state`); a 0.1.0 catalog has only columns.
+            let kinds = if crate::catalog::catalog_0_2() {
+                "coalesce(dk.time_expr, quote_ident(d.time_column))
+                   FROM kpi.definitions d LEFT JOIN kpi.definition_kinds dk ON dk.kpi = d.id"
+            } else {
+                "quote_ident(d.time_column) FROM kpi.definitions d"
+            };
+            let sql = format!(
+                "SELECT d.id, (extract(epoch FROM d.bucket) * 1000000)::bigint,
+                        d.dimensions, d.filter, d.measures::text, {kinds}
                   WHERE d.source::oid = ANY($1) OR d.source::oid = $2
-                  ORDER BY d.id",
+                  ORDER BY d.id"
+            );
+            let table = client.select(
+                &sql,
                 None,
                 &[ancestors.clone().into(), relid.into()],
             )?;
             for r in table {
                 rows.push(Row {
                     id: r.get(1)?.unwrap_or_default(),
-                    time_column: r.get(2)?.unwrap_or_default(),
-                    bucket_us: r.get(3)?.unwrap_or(1),
-                    dimensions: r.get(4)?.unwrap_or_default(),
-                    filter: r.get(5)?,
-                    measures: r.get(6)?.unwrap_or_default(),
+                    bucket_us: r.get(2)?.unwrap_or(1),
+                    dimensions: r.get(3)?.unwrap_or_default(),
+                    filter: r.get(4)?,
+                    measures: r.get(5)?.unwrap_or_default(),
+                    time_column: r.get(6)?.unwrap_or_default(),
                 });
             }
             Ok((rows, ancestors))

@@ -28,6 +28,9 @@ const EPOCH_US: &str =
 /// Called by the fold after its merges, under the fold lock, with the KPIs it merged:
 /// the overdue KPIs one of whose deadlines has passed since the last fold.
 pub fn passed(merged: &[i32]) -> KpiResult<Vec<i32>> {
+    if !crate::catalog::catalog_0_2() {
+        return Ok(Vec::new());
+    }
     let ids: Vec<i32> = prepared::run(
         "SELECT kpi FROM kpi.definition_kinds WHERE kind = 'overdue' ORDER BY kpi",
         &[],

@@ -121,6 +121,10 @@ fn drop_objects(kpi: &Kpi) -> KpiResult<()> {
 /// the source's lock, then the fold lock (the order every fold uses). Returns whether
 /// anything was removed.
 pub fn drop_leftover(name: &str) -> KpiResult<bool> {
+    // A 0.1.0 catalog (before ALTER EXTENSION UPDATE) has no rebuilds.
+    if !crate::catalog::catalog_0_2() {
+        return Ok(false);
+    }
     let Some((id, pid)) = rebuild_of(name)? else {
         return Ok(false);
     };
