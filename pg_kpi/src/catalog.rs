@@ -111,7 +111,6 @@ fn select_sql() -> &'static str {
     }
 }
 
-
 fn from_row(r: pgrx::spi::SpiHeapTupleData) -> KpiResult<Kpi> {
     let measures_json: String = r.get(8)?.unwrap_or_default();
     let measures = serde_json::from_str(&measures_json)

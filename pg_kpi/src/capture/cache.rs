@@ -111,11 +111,7 @@ fn load(relid: pg_sys::Oid) -> KpiResult<(TableKpis, Vec<pg_sys::Oid>)> {
                   WHERE d.source::oid = ANY($1) OR d.source::oid = $2
                   ORDER BY d.id"
             );
-            let table = client.select(
-                &sql,
-                None,
-                &[ancestors.clone().into(), relid.into()],
-            )?;
+            let table = client.select(&sql, None, &[ancestors.clone().into(), relid.into()])?;
             for r in table {
                 rows.push(Row {
                     id: r.get(1)?.unwrap_or_default(),
