@@ -357,7 +357,9 @@ pub(crate) mod tests {
             "SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'kpi'::regnamespace
                        AND relname NOT IN ('definitions', 'deltas', 'notify_seq', 'definitions_pkey',
                                            'definitions_name_key', 'definitions_id_seq')
-                       AND relname <> 'alerts' AND relname NOT LIKE 'alert\\_%')
+                       AND relname <> 'alerts' AND relname NOT LIKE 'alert\\_%'
+                       -- 0.2.0's catalogs of KPI kinds and rebuilds
+                       AND relname NOT LIKE 'definition\\_kinds%' AND relname NOT LIKE 'rebuild%')
                   + (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal)
                   + (SELECT count(*) FROM kpi.list())",
         )
