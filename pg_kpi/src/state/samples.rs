@@ -47,7 +47,7 @@ pub fn record(kpis: &[Kpi], touched: &[i32]) -> KpiResult<()> {
     Ok(())
 }
 
-pub fn record_one(k: &Kpi) -> KpiResult<()> {
+fn record_in_snapshot(k: &Kpi) -> KpiResult<()> {
     let Some(s) = &k.special else { return Ok(()) };
     let all: Vec<usize> = (0..k.measures.len()).collect();
     let values: Vec<Option<AnyNumeric>> = window_measures(k, 1, 0, &all, None)?
@@ -62,6 +62,12 @@ pub fn record_one(k: &Kpi) -> KpiResult<()> {
         t = table(k)
     );
     as_extension_owner(|| prepared::run(&sql, &[s.resolution_us.into(), values.into()], |_| Ok(())))
+}
+
+/// Samples one KPI now. Reads run in the calling statement's snapshot, taken before the
+/// fold's merges (or the creation's backfill): read in one taken now instead.
+pub fn record_one(k: &Kpi) -> KpiResult<()> {
+    crate::snapshot::fresh(|| record_in_snapshot(k))
 }
 
 /// Drops samples older than the KPI's history, except the last of them (the value at

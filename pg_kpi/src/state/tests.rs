@@ -235,7 +235,10 @@ mod tests {
             "nowhere",
             "existing table",
         );
-        Spi::run(&base("measures => 'n = count(*)'")).expect("create");
+        Spi::run(&base(
+            "measures => 'n = count(*)', dimensions => '{status}'",
+        ))
+        .expect("create");
         let (c, m, _) = try_sql(&base("measures => 'n = count(*)'")).expect_err("twice");
         assert_eq!(c, "ERRCODE_DUPLICATE_OBJECT", "{m}");
         // The history of a state KPI is of its totals.
