@@ -445,6 +445,32 @@ fn bad_input_is_refused_and_keeps_the_old_kpi() {
         .batch_execute("SELECT kpi.snapshot('checkout'); SELECT * FROM kpi.top('checkout', 'orders', 'region', '100 years')")
         .expect("reads");
     assert_clean(&mut client, kpis.len());
+    // Current-state and overdue KPIs cannot be rebuilt yet (the rebuild would make them
+    // bucketed): refused, and left exactly as they were.
+    call(
+        &mut client,
+        "SELECT kpi.create_state('by_status', 'orders', 'n = count(*)', dimensions => '{status}');
+         SELECT kpi.create_overdue('late', 'orders', due => $$created_at + interval '1 hour'$$,
+                                   open_filter => $$status <> 'cancelled'$$)",
+    );
+    let state_exact = |c: &mut Client| -> bool {
+        c.query_one(
+            "SELECT (SELECT sum(n) FROM kpi.by_status)::bigint = (SELECT count(*) FROM orders)
+                AND (SELECT count(*) FROM kpi.definition_kinds) = 2",
+            &[],
+        )
+        .expect("state read")
+        .get(0)
+    };
+    assert!(state_exact(&mut client));
+    for sql in [
+        "CALL kpi.rebuild('by_status')",
+        "CALL kpi.alter('late', dimensions => '{region}')",
+    ] {
+        let (code, message, _) = refused(&mut client, sql);
+        assert_eq!(code, "0A000", "{sql}: {message}");
+        assert!(state_exact(&mut client), "{sql} changed the KPIs");
+    }
 }
 
 /// Fills `orders` with `n` rows over two hours (several per minute and region).

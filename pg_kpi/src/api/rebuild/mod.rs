@@ -172,6 +172,24 @@ fn check_can_rebuild(kpi: &Kpi) -> KpiResult<()> {
     }
 }
 
+/// The rebuild recreates a definition through `kpi.create`'s path, which knows nothing of
+/// current-state and overdue KPIs (`crate::state`): it would silently turn one into a
+/// bucketed KPI. Refused until it learns them.
+fn refuse_special(kpi: &Kpi, what: &str) -> KpiResult<()> {
+    let Some(special) = &kpi.special else {
+        return Ok(());
+    };
+    let kind = match special.kind {
+        crate::state::Kind::State => "a current-state",
+        crate::state::Kind::Overdue => "an overdue",
+    };
+    Err(KpiError::new(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        format!("{what} of {kind} KPI (\"{}\") is not supported yet", kpi.name),
+        "Drop the KPI and create it again with its new definition (kpi.drop, then kpi.create_state or kpi.create_overdue).",
+    ))
+}
+
 /// Step 1: validates the new definition (the old one where an argument is NULL) and
 /// creates it, hidden and empty; returns its id.
 #[allow(clippy::too_many_arguments)]
@@ -207,6 +225,7 @@ fn begin(name: &str, what: &str, changes: definition::Changes<'_>) -> KpiResult<
     not_in_transaction_block(what)?;
     let old = as_extension_owner(|| Kpi::by_name(name))?;
     check_can_rebuild(&old)?;
+    refuse_special(&old, what)?;
     // The source first, then (in drop_leftover) the fold lock: the order folds use.
     Spi::run(&format!(
         "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
