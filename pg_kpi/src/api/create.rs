@@ -48,6 +48,7 @@ fn create(
         backfill,
         tiers,
         false,
+        None,
     )
     .or_raise()
 }
@@ -281,68 +282,8 @@ pub fn create_kpi(
     // A rebuild's new definition, under its hidden name (see `api::rebuild`): the
     // caller checked the real name; its build fills it, and its swap announces it.
     building: bool,
-) -> KpiResult<i32> {
-    create_kpi_any(
-        name,
-        source,
-        time_column,
-        measures_text,
-        dimensions,
-        filter,
-        bucket,
-        retention,
-        backfill,
-        rollups,
-        building,
-        None,
-    )
-}
-
-/// `kpi.create_state` and `kpi.create_overdue` (`api::state`): a KPI whose rows' time
-/// is `special`'s expression.
-#[allow(clippy::too_many_arguments)]
-pub fn create_kpi_with(
-    name: &str,
-    source: pg_sys::Oid,
-    time_column: &str,
-    measures_text: &str,
-    dimensions: Vec<String>,
-    filter: Option<&str>,
-    bucket: Interval,
-    retention: Option<Interval>,
-    backfill: bool,
-    rollups: Vec<Tier>,
-    special: Option<&crate::state::Special>,
-) -> KpiResult<i32> {
-    create_kpi_any(
-        name,
-        source,
-        time_column,
-        measures_text,
-        dimensions,
-        filter,
-        bucket,
-        retention,
-        backfill,
-        rollups,
-        false,
-        special,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn create_kpi_any(
-    name: &str,
-    source: pg_sys::Oid,
-    time_column: &str,
-    measures_text: &str,
-    dimensions: Vec<String>,
-    filter: Option<&str>,
-    bucket: Interval,
-    retention: Option<Interval>,
-    backfill: bool,
-    rollups: Vec<Tier>,
-    building: bool,
+    // `kpi.create_state` and `kpi.create_overdue` (`api::state`): a KPI whose rows'
+    // time is this expression rather than `time_column`.
     special: Option<&crate::state::Special>,
 ) -> KpiResult<i32> {
     if !building {

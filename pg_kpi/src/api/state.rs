@@ -2,7 +2,7 @@
 //! particular to them, then create the KPI through `kpi.create`'s own path, in the
 //! caller's transaction, so a failure leaves nothing behind.
 
-use crate::api::create::{create_kpi_with, interval_us};
+use crate::api::create::{create_kpi, interval_us};
 use crate::errors::{KpiError, KpiResult, OrRaise};
 use crate::expr::{analyze, relation_name, Want};
 use crate::state::{Kind, Special, STATE_TIME};
@@ -47,7 +47,7 @@ pub(crate) fn create_state(
             history: history.map(|h| h.to_string()),
         };
         // The one bucket's width is the resolution: what `kpi.snapshot` reports.
-        create_kpi_with(
+        create_kpi(
             name,
             source,
             STATE_TIME,
@@ -58,6 +58,7 @@ pub(crate) fn create_state(
             None,
             backfill,
             Vec::new(),
+            false,
             Some(&special),
         )
     })()
@@ -90,7 +91,7 @@ pub(crate) fn create_overdue(
         // A one-microsecond bucket: the bucket is the due instant itself (timestamps
         // have microsecond precision), so `bucket < T` is exactly `due < T`.
         let bucket = Interval::new(0, 0, 1).map_err(|e| KpiError::internal(e.to_string()))?;
-        create_kpi_with(
+        create_kpi(
             name,
             source,
             &due_sql,
@@ -101,6 +102,7 @@ pub(crate) fn create_overdue(
             None,
             backfill,
             Vec::new(),
+            false,
             Some(&special),
         )
     })()

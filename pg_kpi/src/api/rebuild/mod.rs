@@ -247,6 +247,7 @@ fn begin(name: &str, what: &str, changes: definition::Changes<'_>) -> KpiResult<
         false,
         new.rollups,
         true,
+        None,
     )?;
     as_extension_owner(|| -> KpiResult<()> {
         let built = Kpi::by_ids(&[id])?
