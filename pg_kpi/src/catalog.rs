@@ -89,9 +89,12 @@ thread_local! {
 pub fn catalog_0_2() -> bool {
     CATALOG_0_2.with(|seen| {
         if !seen.get() {
-            let found = Spi::get_one::<bool>(
+            // Read-only, in the caller's snapshot: the read functions run this, and they
+            // must not make their transaction a writer (tests/tests/read_snapshot.rs).
+            let found = crate::prepared::select_one::<bool>(
                 "SELECT to_regclass('kpi.definition_kinds') IS NOT NULL
                     AND to_regclass('kpi.rebuilds') IS NOT NULL",
+                &[],
             )
             .ok()
             .flatten()
