@@ -185,12 +185,21 @@ pub fn create_view(k: &Kpi) -> String {
     let hi = format!("s.bucket + {width}");
     let dims = same_dims_pred(k);
     for (i, m) in k.measures.iter().enumerate() {
-        let rescan = k.rescan_sql(i, "s.bucket", &hi, &dims);
-        cols.push(format!(
-            "{} AS {}",
-            m.finalize_sql(i, rescan.as_deref()),
-            pgrx::spi::quote_identifier(&m.name)
-        ));
+        // A stored measure keeps its own type; a formula computes in numeric (so a
+        // ratio of two counts is not an integer division).
+        let cast = if m.kind == Kind::Derived {
+            "::numeric"
+        } else {
+            ""
+        };
+        let sql = crate::derived::measure_sql(k, i, &mut |j| {
+            let rescan = k.rescan_sql(j, "s.bucket", &hi, &dims);
+            format!(
+                "({}){cast}",
+                k.measures[j].finalize_sql(j, rescan.as_deref())
+            )
+        });
+        cols.push(format!("{sql} AS {}", pgrx::spi::quote_identifier(&m.name)));
     }
     format!(
         "CREATE VIEW {view} AS SELECT {cols} FROM {state} s GROUP BY {group} HAVING sum(s._n) <> 0;

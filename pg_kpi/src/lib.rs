@@ -4,7 +4,8 @@
 //! - [`api`]: the SQL functions (`kpi.create`, `drop`, `fold`, `value`, `series`, `top`,
 //!   `snapshot`); public names and defaults live in `src/sql/api.sql`.
 //! - [`catalog`]: a KPI's stored definition and the SQL fragments derived from it.
-//! - [`measures`]: measure kinds, their mergeable state and its SQL.
+//! - [`measures`]: measure kinds, their mergeable state and its SQL; [`formula`]: the
+//!   formulas of derived measures.
 //! - [`expr`]: user expressions, parsed and analysed by Postgres, compiled for the executor.
 //! - [`ddl`]: the per-KPI aggregate table, state view and user view.
 //! - [`triggers`]: the triggers on source tables.
@@ -26,9 +27,11 @@ mod capture;
 mod catalog;
 mod ddl;
 mod deltas;
+mod derived;
 mod errors;
 mod expr;
 mod fold;
+mod formula;
 mod gucs;
 mod measures;
 mod names;

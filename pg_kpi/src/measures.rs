@@ -27,6 +27,9 @@ pub enum Kind {
     CountDistinct,
     /// DDSketch quantile (≤ 1 % relative error), which supports removal.
     Percentile,
+    /// A formula over other measures of the KPI (`aov = revenue / orders`), evaluated
+    /// at read time from their merged values (see `formula`): it keeps no state.
+    Derived,
 }
 
 impl Kind {
@@ -50,7 +53,7 @@ impl Kind {
             Kind::Sum | Kind::Avg | Kind::Min | Kind::Max => Want::Numeric,
             Kind::CountDistinct => Want::Text,
             Kind::Percentile => Want::Float,
-            Kind::CountStar | Kind::Count => Want::Any,
+            Kind::CountStar | Kind::Count | Kind::Derived => Want::Any,
         }
     }
 }
@@ -69,6 +72,9 @@ pub struct Measure {
     /// reads, so p50/p95/p99 of one expression keep one sketch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shares: Option<usize>,
+    /// derived: the normalized formula over other measures' names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub formula: Option<String>,
 }
 
 /// A measure as written by the user, before validation of its expression.
@@ -119,6 +125,42 @@ fn split_top_level(text: &str) -> KpiResult<Vec<&str>> {
     Ok(parts)
 }
 
+fn duplicate_error(name: &str) -> KpiError {
+    KpiError::new(
+        pgrx::PgSqlErrorCode::ERRCODE_DUPLICATE_COLUMN,
+        format!("measure \"{name}\" is defined twice"),
+        "Give every measure of a KPI its own name.",
+    )
+}
+
+/// Where the parenthesis of `f(…)` opens, when `call` is exactly one call `f(…)` (its
+/// name an identifier, the parenthesis closing at the very end, outside quotes).
+fn single_call(call: &str) -> Option<usize> {
+    let open = call.find('(')?;
+    let head = call[..open].trim();
+    if head.is_empty() || !head.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return None;
+    }
+    let mut depth = 0i32;
+    let mut quote: Option<char> = None;
+    for (i, c) in call.char_indices().skip_while(|(i, _)| *i < open) {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '(') => depth += 1,
+            (None, ')') => {
+                depth -= 1;
+                if depth == 0 {
+                    return (i == call.len() - 1).then_some(open);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 fn quantile_error(name: &str, q: &str) -> KpiError {
     KpiError::invalid(
         format!(
@@ -152,11 +194,30 @@ pub fn parse(text: &str) -> KpiResult<Vec<RawMeasure>> {
             ));
         }
         let call = call.trim();
-        let open = call.find('(').ok_or_else(|| measure_syntax_error(item))?;
-        if !call.ends_with(')') {
-            return Err(measure_syntax_error(item));
+        if out.iter().any(|m| m.name == name) {
+            return Err(duplicate_error(name));
         }
+        // `name = f(arg)` with one call spanning the whole text is an aggregate measure;
+        // anything else (`revenue / orders`) is a formula over other measures.
+        let Some(open) = single_call(call) else {
+            out.push(RawMeasure {
+                name: name.to_string(),
+                kind: Kind::Derived,
+                arg: Some(crate::formula::parse(call)?.to_string()),
+                q: None,
+            });
+            continue;
+        };
         let func = call[..open].trim().to_ascii_lowercase();
+        if Kind::parse(&func).is_none() && crate::formula::is_function(&func) {
+            out.push(RawMeasure {
+                name: name.to_string(),
+                kind: Kind::Derived,
+                arg: Some(crate::formula::parse(call)?.to_string()),
+                q: None,
+            });
+            continue;
+        }
         let arg = call[open + 1..call.len() - 1].trim();
         let (kind, arg) = match (func.as_str(), arg) {
             ("count", "*") => (Kind::CountStar, None),
@@ -192,13 +253,6 @@ pub fn parse(text: &str) -> KpiResult<Vec<RawMeasure>> {
             }
             (_, arg) => (arg, None),
         };
-        if out.iter().any(|m| m.name == name) {
-            return Err(KpiError::new(
-                pgrx::PgSqlErrorCode::ERRCODE_DUPLICATE_COLUMN,
-                format!("measure \"{name}\" is defined twice"),
-                "Give every measure of a KPI its own name.",
-            ));
-        }
         out.push(RawMeasure {
             name: name.to_string(),
             kind,
@@ -225,7 +279,7 @@ impl Measure {
             Kind::Min | Kind::Max => vec![(format!("_m{i}_val"), "numeric")],
             Kind::CountDistinct => vec![(format!("_m{i}_hll"), "bytea")],
             Kind::Percentile if self.shares.is_none() => vec![(format!("_m{i}_dd"), "bytea")],
-            Kind::Percentile => vec![],
+            Kind::Percentile | Kind::Derived => vec![],
         }
     }
 
@@ -243,7 +297,7 @@ impl Measure {
             Kind::Min | Kind::Max => vec![format!("({s}->>0)::numeric")],
             Kind::CountDistinct => vec![format!("decode({s}->>0, 'base64')")],
             Kind::Percentile if self.shares.is_none() => vec![format!("decode({s}->>0, 'base64')")],
-            Kind::Percentile => vec![],
+            Kind::Percentile | Kind::Derived => vec![],
         }
     }
 
@@ -267,7 +321,7 @@ impl Measure {
             Kind::Percentile if self.shares.is_none() => {
                 vec![format!("kpi._dd_merge_all(array_agg(_m{i}_dd))")]
             }
-            Kind::Percentile => vec![],
+            Kind::Percentile | Kind::Derived => vec![],
         }
     }
 
@@ -296,7 +350,7 @@ impl Measure {
                     "_m{i}_dd = kpi._dd_merge(a._m{i}_dd, excluded._m{i}_dd)"
                 )]
             }
-            Kind::Percentile => vec![],
+            Kind::Percentile | Kind::Derived => vec![],
         }
     }
 
@@ -369,6 +423,8 @@ impl Measure {
                 o = self.shares.unwrap_or(i),
                 q = self.q.unwrap_or(0.5)
             ),
+            // Composed by the reader from the other measures (`Kpi::measure_sql`).
+            Kind::Derived => "NULL::numeric".to_string(),
         }
     }
 

@@ -231,6 +231,17 @@ fn validate(
                 "Measures and dimensions are columns of the same view; give them distinct names.",
             ));
         }
+        if raw.kind == measures::Kind::Derived {
+            measures.push(Measure {
+                name: raw.name,
+                kind: raw.kind,
+                expr: None,
+                q: None,
+                shares: None,
+                formula: raw.arg,
+            });
+            continue;
+        }
         let expr = match &raw.arg {
             Some(arg) => Some(
                 analyze(
@@ -257,8 +268,10 @@ fn validate(
             expr,
             q: raw.q,
             shares,
+            formula: None,
         });
     }
+    crate::derived::check_measures(&measures)?;
     Ok(Validated {
         time_type: time.type_oid,
         dimension_types,

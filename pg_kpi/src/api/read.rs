@@ -121,14 +121,19 @@ impl<'a> Query<'a> {
         }
     }
 
+    /// Measure `i` finalized over the window; a derived measure composed from the
+    /// measures it reads over the same window (so a ratio is sum/sum).
     fn measure(&self, i: usize) -> String {
-        let rescan = self
-            .k
-            .rescan_sql(i, &self.group_lo, &self.group_hi, &self.dims_source);
-        format!(
-            "({})::numeric",
-            self.k.measures[i].finalize_sql(i, rescan.as_deref())
-        )
+        let sql = crate::derived::measure_sql(self.k, i, &mut |j| {
+            let rescan = self
+                .k
+                .rescan_sql(j, &self.group_lo, &self.group_hi, &self.dims_source);
+            format!(
+                "({})::numeric",
+                self.k.measures[j].finalize_sql(j, rescan.as_deref())
+            )
+        });
+        format!("({sql})")
     }
 
     fn from(&self) -> String {

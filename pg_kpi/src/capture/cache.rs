@@ -169,7 +169,9 @@ fn load(relid: pg_sys::Oid) -> KpiResult<(TableKpis, Vec<pg_sys::Oid>)> {
                     hll: Default::default(),
                     dirty: false,
                 },
+                // Nothing to accumulate: a shared sketch, or a formula read later.
                 Kind::Percentile if m.shares.is_some() => State::Shared,
+                Kind::Derived => State::Shared,
                 Kind::Percentile => State::Quantiles(Default::default()),
             });
             compiled.push((m.kind, expr));

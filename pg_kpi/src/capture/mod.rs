@@ -173,6 +173,7 @@ fn contributions(
             Kind::CountStar => Contribution::Rows,
             Kind::Count => Contribution::Present(value.is_some()),
             Kind::Percentile if expr.is_none() => Contribution::None,
+            Kind::Derived => Contribution::None,
             Kind::Percentile => {
                 Contribution::Float(value.map(|d| f64::from_bits(d.value() as u64)))
             }

@@ -279,6 +279,7 @@ fn dirty_states(k: &Kpi) -> Vec<State> {
                 dirty: true,
             },
             Kind::Percentile if m.shares.is_some() => State::Shared,
+            Kind::Derived => State::Shared,
             Kind::Percentile => State::Quantiles(Default::default()),
         })
         .collect()

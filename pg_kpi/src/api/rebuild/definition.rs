@@ -44,6 +44,7 @@ fn measure_text(m: &Measure) -> String {
         Kind::Max => format!("max({e})"),
         Kind::CountDistinct => format!("count_distinct({e})"),
         Kind::Percentile => format!("percentile({e}, {})", m.q.unwrap_or(0.5)),
+        Kind::Derived => m.formula.clone().unwrap_or_default(),
     };
     format!("{} = {call}", m.name)
 }

@@ -1,0 +1,1 @@
+//! Derived KPIs across KPIs (see the parent module).
