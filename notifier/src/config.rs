@@ -48,6 +48,8 @@ pub struct Config {
     pub dashboards: Vec<crate::dashboard::Dashboard>,
     /// `POST /api/events/{source}`: sources and their column mappings (see `ingest`).
     pub ingest: crate::ingest::config::IngestConfig,
+    /// `[[pull]]`: tables copied from remote databases without pg_kpi (see `pull`).
+    pub pull: Vec<crate::pull::config::PullJob>,
 }
 
 /// How the notifier talks to Postgres.
@@ -208,6 +210,7 @@ impl Default for Config {
             alerting: Default::default(),
             dashboards: Vec::new(),
             ingest: Default::default(),
+            pull: Vec::new(),
         }
     }
 }
@@ -376,6 +379,14 @@ impl Config {
         })?;
         // [ingest] too: only from the file.
         config.ingest.validate().map_err(|message| match file {
+            Some((path, _)) => ConfigError::File {
+                path: path.to_string(),
+                message,
+            },
+            None => ConfigError::Invalid(message),
+        })?;
+        // [[pull]] too: only from the file.
+        crate::pull::config::validate(&config.pull).map_err(|message| match file {
             Some((path, _)) => ConfigError::File {
                 path: path.to_string(),
                 message,

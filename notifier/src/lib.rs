@@ -28,6 +28,7 @@
 //! | [`serve::assets`] | the dashboard page and its assets (`dashboard/dist`), embedded at compile time |
 //! | [`serve::auth`] | bearer tokens: static keys and HS256 JWTs, KPI scopes |
 //! | [`serve::subscription`] | subscribing a client to a topic, and the first read of a new filter |
+//! | [`pull`](mod@pull) | `[[pull]]`: copying tables from databases without pg_kpi, by watermark |
 //! | [`protocol`] | client and server messages, error codes, WebSocket close codes |
 //! | [`db`] | connection settings and the API's query connection |
 //! | [`metrics`] | Prometheus counters, gauges and the latency histogram |
@@ -56,6 +57,7 @@ pub mod feed;
 pub mod ingest;
 pub mod metrics;
 pub mod protocol;
+pub mod pull;
 pub mod serve;
 pub mod shutdown;
 pub mod tls;
@@ -173,6 +175,10 @@ pub async fn serve(
     let max_connections = config.limits.max_connections;
     let (trigger, flag) = shutdown::channel();
     let (state, feeds) = state(config, flag.clone())?;
+    // [[pull]] jobs: a missing local target is a startup error, like a config mistake.
+    let pull_jobs = pull::prepare(&state.config, &state.metrics.pull)
+        .await
+        .map_err(ServeError::Config)?;
     tracing::info!(
         %addr,
         auth = state.auth.enabled(),
@@ -189,6 +195,7 @@ pub async fn serve(
     // Warns once ready about dashboard widgets naming KPIs or measures that do not exist.
     tokio::spawn(dashboard::resolve::warn_at_start(state.clone()));
     let ingest_check = tokio::spawn(state.ingest.clone().check_all());
+    let pull = tokio::spawn(pull::run(pull_jobs, flag.clone()));
     // The caller's future only fires the flag; everything else watches the flag.
     let watcher = tokio::spawn(async move {
         shutdown.await;
@@ -227,6 +234,7 @@ pub async fn serve(
     fold_watch.abort();
     alert_watcher.abort();
     ingest_check.abort();
+    pull.abort();
     tracing::info!("notifier stopped");
     result.map_err(ServeError::Io)
 }

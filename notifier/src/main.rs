@@ -39,6 +39,19 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Copy the config's `[[pull]]` tables from remote databases without pg_kpi into
+    /// local tables (see docs/pull.md), serving GET /metrics on `listen`.
+    Pull {
+        /// TOML config file with `[[pull]]` jobs (the same file `serve` reads).
+        #[arg(long, env = "KPI_CONFIG")]
+        config: Option<PathBuf>,
+        /// Address of GET /metrics, e.g. 127.0.0.1:9187.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Postgres connection string or URL of the local database.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,6 +70,44 @@ fn main() -> ExitCode {
         LogFormat::Json => builder.json().init(),
     }
     match cli.command {
+        Command::Pull {
+            config,
+            listen,
+            database_url,
+        } => {
+            let flags = Overrides {
+                listen,
+                database_url,
+            };
+            let config = match Config::load(config.as_deref(), std::env::vars(), &flags) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(notifier::pull::command(
+                config,
+                notifier::shutdown::signal(),
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(notifier::pull::CommandError::Config(e)) => {
+                    tracing::error!("{e}");
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    tracing::error!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve {
             config,
             listen,

@@ -170,6 +170,8 @@ pub struct Metrics {
     pub alert_notification_failures: CounterVec,
     /// Attempts to send an alert notification (retries included), by integration.
     pub alert_send_attempts: CounterVec,
+    /// The `[[pull]]` jobs' metrics, rendered last.
+    pub pull: std::sync::Arc<crate::pull::metrics::PullMetrics>,
 }
 
 /// Gauges that are read from elsewhere at render time.
@@ -447,6 +449,7 @@ impl Metrics {
                 let _ = writeln!(out, "{p}_{name}{{{label}=\"{}\"}} {n}", escape(&value));
             }
         }
+        self.pull.render(&mut out);
         out
     }
 }
