@@ -380,6 +380,8 @@ pub fn notify_reload() -> KpiResult<()> {
 /// One `kpi_changes` NOTIFY: `{"seq":N,"kpis":{"name":version,…}}`, or
 /// `{"seq":N,"overflow":true}` when that would not fit in a payload.
 pub fn notify_versions(versions: &[(String, i64)]) -> KpiResult<()> {
+    // Derived KPIs change with their components.
+    let versions = crate::derived::across::with_derived(versions)?;
     let seq = next_seq()?;
     let kpis: Vec<String> = versions
         .iter()

@@ -68,6 +68,20 @@ extension_sql_file!(
         api::state::create_overdue
     ]
 );
+extension_sql_file!(
+    "sql/derived.sql",
+    name = "derived_catalog",
+    requires = ["bootstrap"]
+);
+extension_sql_file!(
+    "sql/derived_api.sql",
+    name = "derived_api",
+    requires = [
+        "derived_catalog",
+        derived::across::create_derived,
+        derived::funnel::funnel
+    ]
+);
 extension_sql_file!("sql/api.sql", name = "api", finalize);
 
 #[pg_guard]

@@ -359,7 +359,9 @@ pub(crate) mod tests {
                                            'definitions_name_key', 'definitions_id_seq')
                        AND relname <> 'alerts' AND relname NOT LIKE 'alert\\_%'
                        -- 0.2.0's catalogs of KPI kinds and rebuilds
-                       AND relname NOT LIKE 'definition\\_kinds%' AND relname NOT LIKE 'rebuild%')
+                       AND relname NOT LIKE 'definition\\_kinds%' AND relname NOT LIKE 'rebuild%'
+                       -- 0.3.0's catalog of derived KPIs
+                       AND relname NOT LIKE 'derived%')
                   + (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders'::regclass AND NOT tgisinternal)
                   + (SELECT count(*) FROM kpi.list())",
         )

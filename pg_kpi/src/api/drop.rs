@@ -15,9 +15,11 @@ fn drop_kpi(name: &str, if_exists: bool) -> bool {
 fn drop_by_name(name: &str, if_exists: bool) -> KpiResult<bool> {
     let kpi = match as_extension_owner(|| Kpi::by_name(name)) {
         Ok(k) => k,
+        Err(_) if crate::derived::across::drop(name)? => return Ok(true),
         Err(_) if if_exists => return Ok(false),
         Err(e) => return Err(e),
     };
+    crate::derived::across::check_not_read(name)?;
     let allowed = unsafe { pg_sys::superuser() }
         || kpi.owner == current_user()
         || unsafe { pg_sys::pg_class_ownercheck(kpi.source, current_user()) };

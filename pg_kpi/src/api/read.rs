@@ -27,6 +27,27 @@ fn readable(name: &str) -> KpiResult<Kpi> {
     Ok(kpi)
 }
 
+/// A name the read functions accept: a KPI, or a derived KPI across KPIs.
+enum Readable {
+    Kpi(Box<Kpi>),
+    Derived(crate::derived::across::Derived),
+}
+
+/// Loads `name` for a read: a KPI first (the common case pays no extra lookup), then a
+/// derived KPI.
+fn readable_any(name: &str) -> KpiResult<Readable> {
+    match readable(name) {
+        Ok(k) => Ok(Readable::Kpi(Box::new(k))),
+        Err(e) if e.code == pgrx::PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT => {
+            match crate::derived::across::lookup(name)? {
+                Some(d) => Ok(Readable::Derived(d)),
+                None => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Predicates restricting state rows `s` and source rows `r` to `dims` (a JSON object of
 /// dimension → value; JSON null matches NULL).
 fn dims_filter(k: &Kpi, dims: &serde_json::Value) -> KpiResult<(String, String)> {
@@ -165,7 +186,13 @@ fn window_bounds(k: &Kpi, t: usize, end: &str, window: &str) -> (String, String)
 #[pg_extern(schema = "kpi", name = "_value", stable, parallel_restricted)]
 fn value(name: &str, measure: &str, window: Interval, dims: JsonB) -> Option<AnyNumeric> {
     (|| -> KpiResult<Option<AnyNumeric>> {
-        let k = readable(name)?;
+        let k = match readable_any(name)? {
+            Readable::Kpi(k) => *k,
+            Readable::Derived(d) => {
+                d.check_measure(measure)?;
+                return d.value(window, dims);
+            }
+        };
         let i = k.measure_index(measure)?;
         let dims = dims_filter(&k, &dims.0)?;
         let t = read_tier(&k, interval_us(&window), None, &dims);
@@ -177,7 +204,7 @@ fn value(name: &str, measure: &str, window: Interval, dims: JsonB) -> Option<Any
     .or_raise()
 }
 
-type SeriesRow = (
+pub(crate) type SeriesRow = (
     TimestampWithTimeZone,
     Option<AnyNumeric>,
     Option<AnyNumeric>,
@@ -205,7 +232,13 @@ fn series(
     ),
 > {
     let rows = (|| -> KpiResult<Vec<SeriesRow>> {
-        let k = readable(name)?;
+        let k = match readable_any(name)? {
+            Readable::Kpi(k) => *k,
+            Readable::Derived(d) => {
+                d.check_measure(measure)?;
+                return d.series(since, until, step, dims, compare);
+            }
+        };
         let i = k.measure_index(measure)?;
         if crate::state::is_state(&k) {
             dims_filter(&k, &dims.0)?;
@@ -379,7 +412,16 @@ fn top(
     ),
 > {
     let rows = (|| -> KpiResult<Vec<(Option<String>, Option<AnyNumeric>)>> {
-        let k = readable(name)?;
+        let k = match readable_any(name)? {
+            Readable::Kpi(k) => *k,
+            Readable::Derived(d) => {
+                return Err(KpiError::new(
+                    pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    format!("kpi.top does not rank derived KPI \"{}\"", d.name),
+                    "Rank by a derived measure within one KPI instead (measures => '…, rate = a / b'), or rank each side with kpi.top.",
+                ))
+            }
+        };
         let i = k.measure_index(measure)?;
         k.dimension_index(dimension)?;
         let col = quote_identifier(dimension);
@@ -410,7 +452,10 @@ fn top(
 #[pg_extern(schema = "kpi", name = "_snapshot", stable, parallel_restricted)]
 fn snapshot(name: &str, dims: JsonB) -> JsonB {
     (|| -> KpiResult<JsonB> {
-        let k = readable(name)?;
+        let k = match readable_any(name)? {
+            Readable::Kpi(k) => *k,
+            Readable::Derived(d) => return d.snapshot(dims),
+        };
         let filter = dims_filter(&k, &dims.0)?;
         let hour = "interval '1 hour'";
         // (label, how far back the range reaches, end of the range, its length)

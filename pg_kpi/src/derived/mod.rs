@@ -7,7 +7,7 @@
 //! - Across KPIs (`kpi.create_derived`, `kpi.funnel`): see [`across`].
 
 pub(crate) mod across;
-mod funnel;
+pub(crate) mod funnel;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 

@@ -198,4 +198,232 @@ mod tests {
             "",
         );
     }
+
+    /// Two KPIs with one-minute buckets, and one hourly: 200 visitors and 10 orders in the
+    /// last minutes (5 % conversion), 50 carts.
+    fn setup_across() {
+        Spi::run(
+            "CREATE TABLE visits (at timestamptz NOT NULL, channel text NOT NULL, cart boolean NOT NULL);
+             CREATE TABLE orders (at timestamptz NOT NULL, channel text NOT NULL, paid boolean NOT NULL, amount numeric);
+             INSERT INTO visits SELECT now() - (g % 20) * interval '1 minute', CASE WHEN g % 4 = 0 THEN 'ads' ELSE 'web' END, g % 4 = 1
+               FROM generate_series(1, 200) g;
+             INSERT INTO orders SELECT now() - (g % 20) * interval '1 minute', CASE WHEN g % 2 = 0 THEN 'ads' ELSE 'web' END, g <= 8, 10
+               FROM generate_series(1, 10) g;
+             SELECT kpi.create('sessions', 'visits', 'at', measures => 'visitors = count(*), carts = count(nullif(cart, false))',
+                               dimensions => '{channel}');
+             SELECT kpi.create('checkout', 'orders', 'at', measures => 'orders = count(*), paid = count(nullif(paid, false)), revenue = sum(amount)',
+                               dimensions => '{channel}');
+             SELECT kpi.create('hourly', 'orders', 'at', measures => 'orders = count(*)', bucket => '1 hour');",
+        )
+        .expect("setup");
+    }
+
+    #[pg_test]
+    fn a_derived_kpi_reads_every_side_over_the_same_window() {
+        setup_across();
+        Spi::run("SELECT kpi.create_derived('conversion', 'checkout.orders / sessions.visitors')")
+            .expect("create_derived");
+        let v = |sql: &str| one::<String>(sql).unwrap_or_default();
+        assert_eq!(
+            v("SELECT kpi.value('conversion', 'value', '1 hour')::text"),
+            "0.05000000000000000000"
+        );
+        assert_eq!(
+            v("SELECT round(kpi.value('conversion', 'value', '1 hour', '{\"channel\":\"ads\"}'), 4)::text"),
+            "0.1000"
+        );
+        // The series: per bucket, the same as the two sides' series.
+        assert_eq!(
+            v("SELECT count(*)::text FROM kpi.series('conversion', 'value', now() - interval '30 minutes') c
+                 JOIN kpi.series('checkout', 'orders', now() - interval '30 minutes') o USING (bucket)
+                 JOIN kpi.series('sessions', 'visitors', now() - interval '30 minutes') s USING (bucket)
+                WHERE c.value IS NOT DISTINCT FROM o.value / nullif(s.value, 0)"),
+            v("SELECT count(*)::text FROM kpi.series('checkout', 'orders', now() - interval '30 minutes')")
+        );
+        // The snapshot: the card of any KPI, at the sum of the sides' versions.
+        assert_eq!(
+            v("SELECT round((kpi.snapshot('conversion')->'measures'->'value'->>'window')::numeric, 4)::text"),
+            "0.0500"
+        );
+        assert_eq!(
+            v("SELECT (kpi.snapshot('conversion')->>'version') || ' ' || (kpi.snapshot('conversion')->>'dimensions')"),
+            "2 [\"channel\"]"
+        );
+        // kpi.list lists it, and its view reads the last day.
+        assert_eq!(
+            v("SELECT measures->0->>'formula' || ' v' || version || ' ' || dimensions::text FROM kpi.list() WHERE name = 'conversion'"),
+            "checkout.orders / sessions.visitors v2 {channel}"
+        );
+        assert_eq!(v("SELECT round(sum(value), 2)::text FROM kpi.conversion WHERE value IS NOT NULL"), v(
+            "SELECT round(sum(value), 2)::text FROM kpi.series('conversion', 'value', now() - interval '1 day') WHERE value IS NOT NULL"
+        ));
+        // A funnel: values, step-to-step and from-the-first conversions.
+        assert_eq!(
+            v("SELECT string_agg(name || '=' || value || '/' || coalesce(round(from_previous, 2)::text, '-') || '/' || round(from_first, 3), ' ' ORDER BY step)
+                 FROM kpi.funnel('{sessions.visitors, sessions.carts, checkout.orders, checkout.paid}', '1 hour')"),
+            "sessions.visitors=200/-/1.000 sessions.carts=50/0.25/0.250 checkout.orders=10/0.20/0.050 checkout.paid=8/0.80/0.040"
+        );
+        // Its sides cannot be dropped while it reads them; it can.
+        let (c, m, h) = try_sql("SELECT kpi.drop('checkout')").expect_err("drop side");
+        assert_eq!(c, "ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST", "{m}");
+        assert!(
+            m.contains("read by derived KPI conversion")
+                && h.unwrap_or_default().contains("nothing was dropped"),
+            "{m}"
+        );
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM kpi.definitions WHERE name = 'checkout'"),
+            Some(1)
+        );
+        let (c, _, _) =
+            try_sql("SELECT * FROM kpi.top('conversion', 'value', 'channel')").expect_err("top");
+        assert_eq!(c, "ERRCODE_FEATURE_NOT_SUPPORTED");
+        let (c, _, _) = try_sql("SELECT kpi.value('conversion', 'rate')").expect_err("measure");
+        assert_eq!(c, "ERRCODE_UNDEFINED_COLUMN");
+        assert_eq!(one::<bool>("SELECT kpi.drop('conversion')"), Some(true));
+        assert_eq!(one::<i64>("SELECT count(*) FROM kpi.derived"), Some(0));
+        assert_eq!(
+            one::<bool>("SELECT to_regclass('kpi.conversion') IS NULL"),
+            Some(true)
+        );
+        assert_eq!(one::<bool>("SELECT kpi.drop('checkout')"), Some(true));
+    }
+
+    #[pg_test]
+    fn bad_derived_kpis_and_funnels_are_refused_and_leave_nothing() {
+        setup_across();
+        Spi::run(
+            "CREATE TABLE stock (sku text, qty int);
+             SELECT kpi.create_state('on_hand', 'stock', 'units = sum(qty)');
+             SELECT kpi.create_derived('aov', 'checkout.revenue / checkout.orders');",
+        )
+        .expect("setup");
+        let refused = |sql: &str, code: &str, message: &str, hint: &str| {
+            let (c, m, h) = try_sql(sql).expect_err(sql);
+            assert_eq!(c, code, "{sql}: {m}");
+            assert!(m.contains(message), "{sql}: {m:?} lacks {message:?}");
+            let h = h.unwrap_or_default();
+            assert!(h.contains(hint), "{sql}: hint {h:?} lacks {hint:?}");
+            assert_eq!(
+                one::<i64>("SELECT count(*) FROM kpi.derived"),
+                Some(1),
+                "{sql}"
+            );
+            assert_eq!(
+                one::<i64>("SELECT count(*) FROM pg_catalog.pg_views WHERE schemaname = 'kpi' AND viewname = 'x'"),
+                Some(0),
+                "{sql}"
+            );
+        };
+        let create = |formula: &str| format!("SELECT kpi.create_derived('x', $f${formula}$f$)");
+        refused(
+            &create("nope.orders / sessions.visitors"),
+            "ERRCODE_UNDEFINED_OBJECT",
+            "reads KPI \"nope\", which does not exist",
+            "kpi.list()",
+        );
+        refused(
+            &create("checkout.nope / sessions.visitors"),
+            "ERRCODE_UNDEFINED_COLUMN",
+            "has no measure \"nope\"",
+            "orders, paid, revenue",
+        );
+        refused(
+            &create("hourly.orders / sessions.visitors"),
+            "ERRCODE_INVALID_PARAMETER_VALUE",
+            "incompatible buckets",
+            "same bucket width",
+        );
+        refused(
+            &create("x.value / sessions.visitors"),
+            "ERRCODE_INVALID_RECURSION",
+            "reads itself",
+            "",
+        );
+        refused(
+            &create("aov.value / sessions.visitors"),
+            "ERRCODE_FEATURE_NOT_SUPPORTED",
+            "reads derived KPI \"aov\"",
+            "formula out",
+        );
+        refused(
+            &create("on_hand.units / sessions.visitors"),
+            "ERRCODE_FEATURE_NOT_SUPPORTED",
+            "current-state or overdue",
+            "derived measure",
+        );
+        refused(
+            &create("orders / visitors"),
+            "ERRCODE_SYNTAX_ERROR",
+            "does not name its KPI",
+            "kpi_name.measure",
+        );
+        refused(
+            &create("sum(checkout.orders)"),
+            "ERRCODE_SYNTAX_ERROR",
+            "not a function",
+            "",
+        );
+        refused(
+            "SELECT kpi.create_derived('aov', 'checkout.orders / sessions.visitors')",
+            "ERRCODE_DUPLICATE_OBJECT",
+            "already exists",
+            "",
+        );
+        refused(
+            "SELECT kpi.create_derived('checkout', 'checkout.orders / sessions.visitors')",
+            "ERRCODE_INVALID_RECURSION",
+            "reads itself",
+            "",
+        );
+        refused(
+            "SELECT kpi.create_derived('hourly', 'checkout.orders / sessions.visitors')",
+            "ERRCODE_DUPLICATE_OBJECT",
+            "already exists",
+            "",
+        );
+        let funnel = |steps: &str| format!("SELECT * FROM kpi.funnel($s${steps}$s$)");
+        refused(
+            &funnel("{sessions.visitors}"),
+            "ERRCODE_INVALID_PARAMETER_VALUE",
+            "at least two steps",
+            "",
+        );
+        refused(
+            &funnel("{sessions.visitors, visitors}"),
+            "ERRCODE_SYNTAX_ERROR",
+            "is not kpi_name.measure",
+            "",
+        );
+        refused(
+            &funnel("{sessions.visitors, checkout.nope}"),
+            "ERRCODE_UNDEFINED_COLUMN",
+            "no measure \"nope\"",
+            "",
+        );
+        refused(
+            &funnel("{sessions.visitors, nope.orders}"),
+            "ERRCODE_UNDEFINED_OBJECT",
+            "does not exist",
+            "",
+        );
+        refused(
+            &funnel("{sessions.visitors, hourly.orders}"),
+            "ERRCODE_INVALID_PARAMETER_VALUE",
+            "incompatible buckets",
+            "",
+        );
+        refused(
+            &funnel("{sessions.visitors, aov.value}"),
+            "ERRCODE_FEATURE_NOT_SUPPORTED",
+            "derived KPI",
+            "",
+        );
+        refused(
+            &funnel("{sessions.visitors, on_hand.units}"),
+            "ERRCODE_FEATURE_NOT_SUPPORTED",
+            "current-state",
+            "",
+        );
+    }
 }

@@ -79,7 +79,21 @@ LANGUAGE sql STABLE AS $$
            d.retention, d.version, d.created_at
       FROM kpi.definitions d
      WHERE pg_catalog.strpos(d.name, '#') = 0  -- not a rebuild's hidden definition
-     ORDER BY d.name
+    UNION ALL
+    -- Derived KPIs: one measure "value"; the version is the sum of their components'.
+    SELECT x.name, NULL, NULL,
+           pg_catalog.jsonb_build_array(pg_catalog.jsonb_build_object(
+               'name', 'value', 'kind', 'derived', 'formula', x.formula, 'kpis', x.kpis)),
+           -- The dimensions every component has.
+           (SELECT coalesce(pg_catalog.array_agg(t.u ORDER BY t.u), '{}')
+              FROM (SELECT u FROM kpi.definitions d, unnest(d.dimensions) AS u
+                     WHERE d.name = ANY (x.kpis)
+                     GROUP BY u HAVING count(*) = pg_catalog.cardinality(x.kpis)) t),
+           NULL, c.bucket, NULL, c.version, x.created_at
+      FROM kpi.derived x,
+           LATERAL (SELECT min(d.bucket) AS bucket, coalesce(sum(d.version), 0)::bigint AS version
+                      FROM kpi.definitions d WHERE d.name = ANY (x.kpis)) c
+     ORDER BY 1
 $$;
 COMMENT ON FUNCTION kpi.list() IS 'The KPIs you can see, one row each.';
 
