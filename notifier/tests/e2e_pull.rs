@@ -810,3 +810,50 @@ async fn local_target_missing_or_keyless_is_a_startup_error() {
     assert_eq!(code, Some(2), "{out}");
     assert!(out.contains("pull[0].columns"), "{out}");
 }
+
+/// `[[pull]]` in the config of `notifier serve`: the same jobs run beside the server,
+/// and its `/metrics` has their series.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_runs_pull_jobs() {
+    let (erp, local) = tokio::join!(remote(), common::cluster());
+    common::exec(&erp, REMOTE_SCHEMA).await;
+    common::exec(&local, LOCAL_SCHEMA).await;
+    let r = pg(&erp).await;
+    let l = pg(&local).await;
+    r.batch_execute(
+        "INSERT INTO orders(ts, amount) SELECT now() - interval '5 minutes', i FROM generate_series(1, 250) i",
+    )
+    .await
+    .unwrap();
+    let text = format!(
+        "database_url = \"{}\"\n{}",
+        local.database_url(),
+        job_toml(&erp.url(), "batch_size = 100")
+    );
+    let cfg = notifier::config::Config::from_layers(
+        Some(("serve.toml", &text)),
+        Vec::<(String, String)>::new(),
+        &notifier::config::Overrides::default(),
+    )
+    .unwrap();
+    let mut n = common::Notifier::start(cfg).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(&l, "orders").await < 250 {
+        assert!(Instant::now() < deadline, "serve did not pull the rows");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(rows(&l).await, rows(&r).await);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while n.metric("kpi_notifier_pull_up{job=\"orders\"}").await != 1.0 {
+        assert!(Instant::now() < deadline, "{}", n.metrics().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = n.metrics().await;
+    assert_eq!(
+        value_of(&m, "kpi_notifier_pull_rows_total{job=\"orders\"}"),
+        250.0
+    );
+    promtool_check(m).await;
+    assert_kpi_matches(&r, &l).await;
+    n.stop().await;
+}
