@@ -4,7 +4,10 @@
 //! in the same statement (so at the same `now()` for the overdue KPI), while the writes
 //! run, after they finish, and after a fold; then deadlines pass with no write at all
 //! and the overdue KPI, folded by the worker, still equals `count(*) … WHERE due <
-//! now() AND open`, with its version bumped by the deadlines alone.
+//! now() AND open`, with its version bumped by the deadlines alone. Derived measures
+//! (a per-stage average within a current-state KPI, a ratio within a bucketed KPI) and
+//! a derived KPI across two KPIs, and a funnel over them, equal the same formula
+//! computed over the source in the same statement.
 
 use pg_kpi_e2e::postgres::Client;
 use pg_kpi_e2e::{describe_error, wait_for, Cluster};
@@ -31,12 +34,17 @@ fn setup(client: &mut Client) {
                     'wh' || (g % 3), g % 11, now() + (g % 50 - 40) * interval '1 second'
                FROM generate_series(1, 300) g;
              SELECT kpi.create_state(name => 'by_status', source => 'items',
-                    measures => 'n = count(*), units = sum(quantity)', dimensions => '{status}',
-                    resolution => '1 second');
+                    measures => 'n = count(*), units = sum(quantity), per_item = units / n',
+                    dimensions => '{status}', resolution => '1 second');
              SELECT kpi.create_state(name => 'stock', source => 'items',
                     measures => 'units = sum(quantity)', dimensions => '{sku, warehouse}');
              SELECT kpi.create_state(name => 'open_count', source => 'items',
-                    measures => 'n = count(*)', filter => $$status <> 'done'$$);",
+                    measures => 'n = count(*)', filter => $$status <> 'done'$$);
+             SELECT kpi.create(name => 'made', source => 'items', time_column => 'created_at',
+                    measures => 'n = count(*), units = sum(quantity), per_item = units / n');
+             SELECT kpi.create(name => 'made_open', source => 'items', time_column => 'created_at',
+                    measures => 'n = count(*)', filter => 'NOT closed');
+             SELECT kpi.create_derived('open_share', 'made_open.n / made.n');",
         )
         .unwrap_or_else(|e| panic!("setup: {}", describe_error(&e)));
     client
@@ -57,8 +65,12 @@ fn check(client: &mut Client) -> Result<(), String> {
         )
     };
     let open_due = format!("FROM items WHERE {DUE} < now() AND NOT closed");
+    // The buckets `kpi.value(…, '1 hour')` reads: from the minute an hour ago to the end
+    // of the current one.
+    let last_hour = "FROM items WHERE created_at >= date_bin('1 minute', now() - interval '1 hour', '2000-01-01 00:00:00+00')
+                       AND created_at < date_bin('1 minute', now(), '2000-01-01 00:00:00+00') + interval '1 minute'";
     let sql = format!(
-        "SELECT {s}, {k}, {o}::bigint, {l}, {lw}, {v}, {t}, kpi.value('late', 'overdue')::bigint, (SELECT count(*) {open_due})",
+        "SELECT {s}, {k}, {o}::bigint, {l}, {lw}, {v}, {t}, {ds}, {dm}, {dx}, {f}, kpi.value('late', 'overdue')::bigint, (SELECT count(*) {open_due})",
         s = both_ways(
             "SELECT status, n, units FROM kpi.by_status",
             "SELECT status, count(*), sum(quantity)::numeric FROM items GROUP BY status"
@@ -79,6 +91,24 @@ fn check(client: &mut Client) -> Result<(), String> {
             "SELECT dimension_value, value FROM kpi.top('by_status', 'units', 'status')",
             "SELECT status, sum(quantity)::numeric FROM items GROUP BY 1"
         ),
+        // Derived measures and KPIs: the formula over the same rows' merged values.
+        ds = both_ways(
+            "SELECT status, round(per_item, 12) FROM kpi.by_status",
+            "SELECT status, round(sum(quantity)::numeric / count(*), 12) FROM items GROUP BY status"
+        ),
+        dm = format!(
+            "(round(kpi.value('made', 'per_item', '1 hour'), 12)
+                IS DISTINCT FROM (SELECT round(sum(quantity)::numeric / nullif(count(*), 0), 12) {last_hour}))::int::bigint"
+        ),
+        dx = format!(
+            "(round(kpi.value('open_share', 'value', '1 hour'), 12)
+                IS DISTINCT FROM (SELECT round(count(*) FILTER (WHERE NOT closed)::numeric / nullif(count(*), 0), 12) {last_hour}))::int::bigint"
+        ),
+        f = format!(
+            "(SELECT (round(from_first, 12) IS DISTINCT FROM
+                      (SELECT round(count(*) FILTER (WHERE NOT closed)::numeric / nullif(count(*), 0), 12) {last_hour}))::int::bigint
+                FROM kpi.funnel('{{made.n, made_open.n}}', '1 hour') WHERE step = 2)"
+        ),
     );
     let row = client
         .query_one(&sql, &[])
@@ -91,6 +121,10 @@ fn check(client: &mut Client) -> Result<(), String> {
         "late by warehouse",
         "by_status value",
         "by_status top",
+        "by_status per_item (derived, per stage)",
+        "made per_item (derived, last hour)",
+        "open_share (derived KPI, last hour)",
+        "funnel made.n -> made_open.n",
     ];
     let mut bad = Vec::new();
     for (i, name) in names.iter().enumerate() {
@@ -102,7 +136,7 @@ fn check(client: &mut Client) -> Result<(), String> {
     if bad.is_empty() {
         Ok(())
     } else {
-        let (kpi, truth): (Option<i64>, i64) = (row.get(7), row.get(8));
+        let (kpi, truth): (Option<i64>, i64) = (row.get(11), row.get(12));
         Err(format!(
             "{} (late: kpi {kpi:?}, truth {truth})",
             bad.join("; ")

@@ -491,12 +491,18 @@ pub(crate) fn with_derived(versions: &[(String, i64)]) -> KpiResult<Vec<(String,
         return Ok(out);
     }
     let names: Vec<String> = versions.iter().map(|(n, _)| n.clone()).collect();
+    let numbers: Vec<i64> = versions.iter().map(|(_, v)| *v).collect();
+    // The new versions as given: this read-only query may not see the caller's own
+    // just-written bumps (the fold's UPDATE of kpi.definitions).
     let derived = as_extension_owner(|| {
         prepared::select(
-            "SELECT d.name, (SELECT coalesce(sum(x.version), 0)::bigint FROM kpi.definitions x
+            "SELECT d.name, (SELECT coalesce(sum(greatest(x.version, v.version)), 0)::bigint
+                               FROM kpi.definitions x
+                               LEFT JOIN unnest($1::text[], $2::bigint[]) AS v(name, version)
+                                      ON v.name = x.name
                               WHERE x.name = ANY(d.kpis))
                FROM kpi.derived d WHERE d.kpis && $1::text[]",
-            &[names.into()],
+            &[names.into(), numbers.into()],
             |rows| {
                 rows.map(|r| {
                     Ok((
