@@ -264,6 +264,32 @@ async fn lag(remote: &Cluster, local: &Cluster, rate: u64, secs: u64, poll_ms: u
         pct(&gauge, 0.99),
         gauge.len()
     );
+    // What the look-back costs the remote: rows read per row copied.
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("kpi_notifier_pull_{name}{{job=\"live\"}} "))?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(f64::NAN)
+    };
+    let (read, copied, batches) = (
+        series("rows_read_total"),
+        series("rows_total"),
+        series("batches_total"),
+    );
+    println!(
+        "lag         remote reads: {read:.0} rows read for {copied:.0} copied ({:.1}x, the look-back's re-reads), {batches:.0} queries",
+        read / copied
+    );
     drop(stop);
     task.await.unwrap();
 }

@@ -1,4 +1,4 @@
-//! `notifier serve`: flags and logging; everything else is in the library.
+//! `notifier serve` and `notifier pull`: flags and logging; everything else is in the library.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -48,6 +48,11 @@ pub struct PullJob {
     /// Costs about (rows per second × look-back) rows read per poll.
     #[serde(default = "defaults::look_back_ms")]
     pub look_back_ms: u64,
+    /// Re-read the look-back window at most this often (milliseconds; at most every
+    /// poll). A row committing up to `look_back_ms - look_back_interval_ms` (minus a
+    /// poll) late is caught; a longer interval reads the remote less.
+    #[serde(default = "defaults::look_back_interval_ms")]
+    pub look_back_interval_ms: u64,
     /// First delay after an error; it doubles up to `retry_max_ms` (milliseconds).
     #[serde(default = "defaults::retry_min_ms")]
     pub retry_min_ms: u64,
@@ -67,6 +72,9 @@ mod defaults {
     }
     pub fn look_back_ms() -> u64 {
         10_000
+    }
+    pub fn look_back_interval_ms() -> u64 {
+        1_000
     }
     pub fn retry_min_ms() -> u64 {
         200
@@ -127,6 +135,15 @@ pub fn validate(jobs: &[PullJob]) -> Result<(), String> {
                 "need 0 < retry_min_ms <= retry_max_ms".into(),
             );
         }
+        if j.look_back_ms > 0 && j.look_back_interval_ms >= j.look_back_ms {
+            return at(
+                "look_back_interval_ms",
+                format!(
+                    "must be less than look_back_ms ({}), or no late row is ever caught",
+                    j.look_back_ms
+                ),
+            );
+        }
         if j.poll_interval_ms == 0 || j.statement_timeout_ms == 0 {
             return at(
                 "poll_interval_ms",
@@ -171,6 +188,11 @@ mod tests {
         let mut bad = j.clone();
         bad.batch_size = 0;
         assert!(validate(&[bad]).unwrap_err().contains("batch_size"));
+        let mut bad = j.clone();
+        bad.look_back_interval_ms = bad.look_back_ms;
+        assert!(validate(&[bad])
+            .unwrap_err()
+            .contains("look_back_interval_ms"));
         let mut bad = j;
         bad.key_columns.clear();
         assert!(validate(&[bad]).unwrap_err().contains("key_columns"));

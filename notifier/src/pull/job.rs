@@ -191,6 +191,9 @@ impl Job {
         }
         tracing::info!(job = %cfg.name, remote_table = %cfg.remote_table, "pull connected");
         let mut pacer = Pacer::new(cfg.max_rows_per_second);
+        let look_back_every = Duration::from_millis(cfg.look_back_interval_ms);
+        // None: the look-back runs at the first poll of every session.
+        let mut looked_back: Option<Instant> = None;
         loop {
             let caught_up_at = self
                 .forward(
@@ -203,14 +206,18 @@ impl Job {
                     &mut pacer,
                 )
                 .await?;
-            if let Some(w) = wm.t.clone() {
+            let look_back = looked_back.is_none_or(|at| at.elapsed() >= look_back_every);
+            if look_back {
+                looked_back = Some(Instant::now());
+            }
+            if let (true, Some(w)) = (look_back, wm.t.clone()) {
                 self.look_back(&mut remote, &mut local, &plan, &plan.time, &w, &mut pacer)
                     .await?;
             }
             if let Some(u) = &plan.updated {
                 self.forward(&mut remote, &mut local, &plan, u, &mut wm, true, &mut pacer)
                     .await?;
-                if let Some(w) = wm.u.clone() {
+                if let (true, Some(w)) = (look_back, wm.u.clone()) {
                     self.look_back(&mut remote, &mut local, &plan, u, &w, &mut pacer)
                         .await?;
                 }
