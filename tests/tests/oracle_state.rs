@@ -69,6 +69,21 @@ fn check(client: &mut Client) -> Result<(), String> {
     // of the current one.
     let last_hour = "FROM items WHERE created_at >= date_bin('1 minute', now() - interval '1 hour', '2000-01-01 00:00:00+00')
                        AND created_at < date_bin('1 minute', now(), '2000-01-01 00:00:00+00') + interval '1 minute'";
+    // Derived measures and KPIs: the formula over the same rows' merged values.
+    let dm = format!(
+        "(round(kpi.value('made', 'per_item', '1 hour'), 12)
+            IS DISTINCT FROM (SELECT round(sum(quantity)::numeric / nullif(count(*), 0), 12) {last_hour}))::int::bigint"
+    );
+    let share = format!(
+        "(SELECT round(count(*) FILTER (WHERE NOT closed)::numeric / nullif(count(*), 0), 12) {last_hour})"
+    );
+    let dx = format!(
+        "(round(kpi.value('open_share', 'value', '1 hour'), 12) IS DISTINCT FROM {share})::int::bigint"
+    );
+    let f = format!(
+        "(SELECT (round(from_first, 12) IS DISTINCT FROM {share})::int::bigint
+            FROM kpi.funnel('{{made.n, made_open.n}}', '1 hour') WHERE step = 2)"
+    );
     let sql = format!(
         "SELECT {s}, {k}, {o}::bigint, {l}, {lw}, {v}, {t}, {ds}, {dm}, {dx}, {f}, kpi.value('late', 'overdue')::bigint, (SELECT count(*) {open_due})",
         s = both_ways(
@@ -91,23 +106,9 @@ fn check(client: &mut Client) -> Result<(), String> {
             "SELECT dimension_value, value FROM kpi.top('by_status', 'units', 'status')",
             "SELECT status, sum(quantity)::numeric FROM items GROUP BY 1"
         ),
-        // Derived measures and KPIs: the formula over the same rows' merged values.
         ds = both_ways(
             "SELECT status, round(per_item, 12) FROM kpi.by_status",
             "SELECT status, round(sum(quantity)::numeric / count(*), 12) FROM items GROUP BY status"
-        ),
-        dm = format!(
-            "(round(kpi.value('made', 'per_item', '1 hour'), 12)
-                IS DISTINCT FROM (SELECT round(sum(quantity)::numeric / nullif(count(*), 0), 12) {last_hour}))::int::bigint"
-        ),
-        dx = format!(
-            "(round(kpi.value('open_share', 'value', '1 hour'), 12)
-                IS DISTINCT FROM (SELECT round(count(*) FILTER (WHERE NOT closed)::numeric / nullif(count(*), 0), 12) {last_hour}))::int::bigint"
-        ),
-        f = format!(
-            "(SELECT (round(from_first, 12) IS DISTINCT FROM
-                      (SELECT round(count(*) FILTER (WHERE NOT closed)::numeric / nullif(count(*), 0), 12) {last_hour}))::int::bigint
-                FROM kpi.funnel('{{made.n, made_open.n}}', '1 hour') WHERE step = 2)"
         ),
     );
     let row = client
