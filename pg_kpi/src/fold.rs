@@ -91,6 +91,8 @@ pub fn fold() -> KpiResult<i64> {
     // changed without a write (`crate::state`).
     crate::state::samples::record(&kpis, &touched)?;
     touched.extend(crate::state::overdue::passed(&touched)?);
+    // Bucketed KPIs whose last hour (or day-ago, week-ago, today) moved over rows.
+    touched.extend(crate::slide::crossed(&touched)?);
     if retention_due() {
         apply_retention()?;
     }

@@ -17,6 +17,8 @@
 //! - [`workers`]: the launcher and the fold workers it keeps running, how commits wake
 //!   them, and their health (`kpi.status()`); [`quarantine`] and [`subxact`]: how one
 //!   KPI whose merge fails is held back without stopping the others.
+//! - [`slide`]: bucketed KPIs whose windows moved over rows as time passed count as
+//!   changed.
 //! - [`privileges`], [`gucs`], [`errors`], [`names`]: cross-cutting rules.
 
 use pgrx::prelude::*;
@@ -38,6 +40,7 @@ mod names;
 mod prepared;
 mod privileges;
 mod quarantine;
+mod slide;
 mod snapshot;
 mod state;
 mod subxact;
