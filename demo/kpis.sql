@@ -36,7 +36,10 @@ SELECT kpi.create(
     name        => 'checkout',
     source      => 'shop.checkout_attempts',
     time_column => 'attempted_at',
-    measures    => 'attempts = count(*), errors = count(error), attempted = sum(amount)',
+    -- error_rate is a derived measure: errors / attempts over whatever window is read
+    -- (sum over sum, never an average of per-bucket rates).
+    measures    => 'attempts = count(*), errors = count(error), attempted = sum(amount),
+                    error_rate = errors / attempts',
     dimensions  => '{region, payment_method}',
     bucket      => '10 seconds',
     retention   => '1 day',
@@ -72,6 +75,11 @@ SELECT kpi.create(
     dimensions  => '{page}',
     bucket      => '1 minute',
     retention   => '60 days');
+
+-- Orders per page view, across two KPIs with the same bucket: pushed whenever either
+-- side changes (docs/derived.md). A funnel reads the same way:
+--   SELECT * FROM kpi.funnel('{page_views.views, orders.orders}', '30 minutes');
+SELECT kpi.create_derived('conversion', 'orders.orders / page_views.views');
 
 -- Stock movements: units sold (negative) and restocked per product.
 SELECT kpi.create(
