@@ -73,7 +73,10 @@ pub fn crossed(touched: &[i32]) -> KpiResult<Vec<i32>> {
         },
     )?;
     let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    CHECKED.with(|c| c.borrow_mut().retain(|id, _| kpis.iter().any(|k| k.0 == *id)));
+    CHECKED.with(|c| {
+        c.borrow_mut()
+            .retain(|id, _| kpis.iter().any(|k| k.0 == *id))
+    });
     let mut out = Vec::new();
     for (id, width, bucket) in kpis {
         let boundary = now.div_euclid(width) * width;
