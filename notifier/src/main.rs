@@ -60,6 +60,30 @@ enum LogFormat {
     Json,
 }
 
+/// The effective configuration (defaults < file < environment < flags); a mistake is
+/// logged and exits with code 2.
+fn load(
+    file: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    database_url: Option<String>,
+) -> Result<Config, ExitCode> {
+    let flags = Overrides {
+        listen,
+        database_url,
+    };
+    Config::load(file.as_deref(), std::env::vars(), &flags).map_err(|e| {
+        tracing::error!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|e| {
+        tracing::error!("cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -75,23 +99,13 @@ fn main() -> ExitCode {
             listen,
             database_url,
         } => {
-            let flags = Overrides {
-                listen,
-                database_url,
-            };
-            let config = match Config::load(config.as_deref(), std::env::vars(), &flags) {
+            let config = match load(config, listen, database_url) {
                 Ok(c) => c,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
-            let runtime = match tokio::runtime::Runtime::new() {
+            let runtime = match runtime() {
                 Ok(r) => r,
-                Err(e) => {
-                    tracing::error!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match runtime.block_on(notifier::pull::command(
                 config,
@@ -114,27 +128,17 @@ fn main() -> ExitCode {
             database_url,
             check,
         } => {
-            let flags = Overrides {
-                listen,
-                database_url,
-            };
-            let config = match Config::load(config.as_deref(), std::env::vars(), &flags) {
+            let config = match load(config, listen, database_url) {
                 Ok(c) => c,
-                Err(e) => {
-                    tracing::error!("{e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             if check {
                 println!("{config:#?}");
                 return ExitCode::SUCCESS;
             }
-            let runtime = match tokio::runtime::Runtime::new() {
+            let runtime = match runtime() {
                 Ok(r) => r,
-                Err(e) => {
-                    tracing::error!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             let result = runtime.block_on(async {
                 let listener = tokio::net::TcpListener::bind(config.listen).await?;

@@ -79,36 +79,6 @@ async fn pending_rows(cluster: &Cluster) -> i64 {
         .get(0)
 }
 
-/// `promtool check metrics` on the notifier's `/metrics`; fails if promtool is missing
-/// (scripts/setup.sh installs it).
-async fn promtool_check(text: String) {
-    let out = tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut child = std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("promtool (Debian package prometheus; scripts/setup.sh installs it)");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The value of one metric line (`name{labels}`) in a scrape, 0 when absent.
 fn value(scrape: &str, series: &str) -> f64 {
     scrape

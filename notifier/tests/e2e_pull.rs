@@ -15,6 +15,8 @@
 
 mod common;
 
+use common::promtool_check;
+
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::PathBuf;
@@ -282,35 +284,6 @@ async fn assert_kpi_matches(remote: &Client, local: &Client) {
         .unwrap()
         .get(0);
     assert_eq!(total_local, total_remote, "kpi.value over a day");
-}
-
-/// `promtool check metrics` on the pull's `/metrics`.
-async fn promtool_check(text: String) {
-    let out = tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut child = Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("promtool (Debian package prometheus; scripts/setup.sh installs it)");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -78,27 +78,40 @@ SELECT d.id, d.name, d.source::oid, format('%I.%I', n.nspname, c.relname), c.rel
 
 thread_local! {
     static CATALOG_0_2: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static CATALOG_0_3: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Whether this database's pg_kpi catalog is 0.2.0's (`kpi.definition_kinds`,
 /// `kpi.rebuilds`). A server gets the new library before `ALTER EXTENSION pg_kpi UPDATE`
-/// runs in each of its databases, and until then the library must work on the 0.1.0
+/// runs in each of its databases, and until then the library must work on the older
 /// catalog: writers' captures, folds, reads and drops keep going, without the new kinds.
-/// Once seen, the new catalog stays (a downgrade is not a thing), so it is checked again
-/// only while it is missing.
 pub fn catalog_0_2() -> bool {
-    CATALOG_0_2.with(|seen| {
+    has_catalog(
+        &CATALOG_0_2,
+        "SELECT to_regclass('kpi.definition_kinds') IS NOT NULL
+            AND to_regclass('kpi.rebuilds') IS NOT NULL",
+    )
+}
+
+/// Whether this database's catalog is 0.3.0's (`kpi.derived`), as [`catalog_0_2`].
+pub fn catalog_0_3() -> bool {
+    has_catalog(
+        &CATALOG_0_3,
+        "SELECT to_regclass('kpi.derived') IS NOT NULL",
+    )
+}
+
+/// Once seen, a newer catalog stays (a downgrade is not a thing), so it is checked again
+/// only while it is missing.
+fn has_catalog(seen: &'static std::thread::LocalKey<std::cell::Cell<bool>>, sql: &str) -> bool {
+    seen.with(|seen| {
         if !seen.get() {
             // Read-only, in the caller's snapshot: the read functions run this, and they
             // must not make their transaction a writer (tests/tests/read_snapshot.rs).
-            let found = crate::prepared::select_one::<bool>(
-                "SELECT to_regclass('kpi.definition_kinds') IS NOT NULL
-                    AND to_regclass('kpi.rebuilds') IS NOT NULL",
-                &[],
-            )
-            .ok()
-            .flatten()
-            .unwrap_or(false);
+            let found = crate::prepared::select_one::<bool>(sql, &[])
+                .ok()
+                .flatten()
+                .unwrap_or(false);
             seen.set(found);
         }
         seen.get()

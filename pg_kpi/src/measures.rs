@@ -197,9 +197,14 @@ pub fn parse(text: &str) -> KpiResult<Vec<RawMeasure>> {
         if out.iter().any(|m| m.name == name) {
             return Err(duplicate_error(name));
         }
-        // `name = f(arg)` with one call spanning the whole text is an aggregate measure;
-        // anything else (`revenue / orders`) is a formula over other measures.
-        let Some(open) = single_call(call) else {
+        // `name = f(arg)` with one call of an aggregate spanning the whole text is an
+        // aggregate measure; anything else (`revenue / orders`, `round(rate, 2)`) is a
+        // formula over other measures.
+        let aggregate = single_call(call).filter(|&open| {
+            let func = call[..open].trim().to_ascii_lowercase();
+            Kind::parse(&func).is_some() || !crate::formula::is_function(&func)
+        });
+        let Some(open) = aggregate else {
             out.push(RawMeasure {
                 name: name.to_string(),
                 kind: Kind::Derived,
@@ -209,15 +214,6 @@ pub fn parse(text: &str) -> KpiResult<Vec<RawMeasure>> {
             continue;
         };
         let func = call[..open].trim().to_ascii_lowercase();
-        if Kind::parse(&func).is_none() && crate::formula::is_function(&func) {
-            out.push(RawMeasure {
-                name: name.to_string(),
-                kind: Kind::Derived,
-                arg: Some(crate::formula::parse(call)?.to_string()),
-                q: None,
-            });
-            continue;
-        }
         let arg = call[open + 1..call.len() - 1].trim();
         let (kind, arg) = match (func.as_str(), arg) {
             ("count", "*") => (Kind::CountStar, None),

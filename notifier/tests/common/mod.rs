@@ -359,3 +359,33 @@ pub fn measures(snapshot: &Value) -> Value {
 pub fn subscribe(kpis: &[&str]) -> Value {
     serde_json::json!({"op": "subscribe", "kpis": kpis})
 }
+
+/// `promtool check metrics` on a `/metrics` scrape; fails if promtool is missing
+/// (scripts/setup.sh installs it).
+pub async fn promtool_check(text: String) {
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool (Debian package prometheus; scripts/setup.sh installs it)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

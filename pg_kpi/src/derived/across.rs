@@ -12,7 +12,7 @@
 //! KPIs have no time buckets and are refused (a ratio within one such KPI is a derived
 //! measure).
 
-use crate::catalog::{quote_literal, Kpi};
+use crate::catalog::{catalog_0_3, quote_literal, Kpi};
 use crate::errors::{KpiError, KpiResult};
 use crate::formula::{self, Expr, Ref};
 use crate::prepared;
@@ -22,26 +22,6 @@ use pgrx::spi::quote_identifier;
 
 /// The one measure of a derived KPI.
 pub(crate) const MEASURE: &str = "value";
-
-thread_local! {
-    static CATALOG_0_3: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Whether this database's catalog has `kpi.derived` (0.3.0): the library works on an
-/// older catalog until `ALTER EXTENSION pg_kpi UPDATE` (see `catalog::catalog_0_2`).
-pub(crate) fn catalog_0_3() -> bool {
-    CATALOG_0_3.with(|seen| {
-        if !seen.get() {
-            let found =
-                prepared::select_one::<bool>("SELECT to_regclass('kpi.derived') IS NOT NULL", &[])
-                    .ok()
-                    .flatten()
-                    .unwrap_or(false);
-            seen.set(found);
-        }
-        seen.get()
-    })
-}
 
 /// A derived KPI as stored.
 pub(crate) struct Derived {
@@ -186,16 +166,9 @@ impl Derived {
         self.formula.to_sql(&mut |r| read(r))
     }
 
-    /// The version: the sum of the components' versions.
     fn version(&self) -> KpiResult<i64> {
         let names: Vec<String> = self.components.iter().map(|k| k.name.clone()).collect();
-        as_extension_owner(|| {
-            prepared::select_one::<i64>(
-                "SELECT coalesce(sum(version), 0)::bigint FROM kpi.definitions WHERE name = ANY($1)",
-                &[names.into()],
-            )
-        })
-        .map(|v| v.unwrap_or(0))
+        as_extension_owner(|| version_of(names))
     }
 
     /// The dimensions every component has (a dims filter must apply to each side).
@@ -420,14 +393,18 @@ fn create(name: &str, expression: &str) -> KpiResult<i32> {
         Spi::run(&format!(
             "GRANT SELECT ON {view} TO {role} WITH GRANT OPTION"
         ))?;
-        let version = Spi::get_one_with_args::<i64>(
-            "SELECT coalesce(sum(version), 0)::bigint FROM kpi.definitions WHERE name = ANY($1)",
-            &[names.into()],
-        )?
-        .unwrap_or(0);
-        crate::fold::notify_versions(&[(name.to_string(), version)])?;
+        crate::fold::notify_versions(&[(name.to_string(), version_of(names)?)])?;
         Ok(id)
     })
+}
+
+/// A derived KPI's version: the sum of its components' versions.
+fn version_of(components: Vec<String>) -> KpiResult<i64> {
+    prepared::select_one::<i64>(
+        "SELECT coalesce(sum(version), 0)::bigint FROM kpi.definitions WHERE name = ANY($1)",
+        &[components.into()],
+    )
+    .map(|v| v.unwrap_or(0))
 }
 
 /// `kpi.drop` of a derived KPI: its view and row. `Ok(false)` if `name` is not one.
