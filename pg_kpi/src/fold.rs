@@ -95,6 +95,7 @@ pub fn fold() -> KpiResult<i64> {
     touched.extend(crate::slide::crossed(&touched)?);
     if retention_due() {
         apply_retention()?;
+        crate::api::rebuild::drop_retired()?;
     }
     if !touched.is_empty() {
         let mut versions = bump_versions(&touched)?;
@@ -297,7 +298,28 @@ fn merge(k: &Kpi, t: usize, entries: &str) -> KpiResult<()> {
         );
         prepared::run(&repair, &[entries.into()], |_| Ok(()))?;
     }
+    // Not while a rebuild builds: its relative upserts can leave a group at zero rows
+    // whose other states the pending deltas still complete.
+    if crate::state::is_overdue(k) && !crate::api::rebuild::is_hidden(&k.name) {
+        forget_closed(k, t, &source, entries)?;
+    }
     Ok(())
+}
+
+/// An overdue KPI's aggregate table is its queue of open rows' deadlines; a closed row
+/// leaves its (deadline, dimensions) group at zero rows. Left there, every read of the
+/// count and every probe for the next deadline would walk past the closed rows, so the
+/// queue would grow with every order ever shipped. A group at zero rows holds nothing
+/// (reads skip it: `HAVING sum(_n) <> 0`), whatever the measures, so it is deleted;
+/// only groups a removal reached this fold are looked at, through the key index.
+fn forget_closed(k: &Kpi, t: usize, source: &str, entries: &str) -> KpiResult<()> {
+    let delete = format!(
+        "DELETE FROM {agg} a
+          USING (SELECT DISTINCT e.bucket FROM {source} e WHERE e._n <= 0) z
+          WHERE a.bucket = z.bucket AND a._n = 0",
+        agg = k.agg_table_of(t),
+    );
+    prepared::run(&delete, &[entries.into()], |_| Ok(()))
 }
 
 thread_local! {

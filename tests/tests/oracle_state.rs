@@ -7,7 +7,10 @@
 //! now() AND open`, with its version bumped by the deadlines alone. Derived measures
 //! (a per-stage average within a current-state KPI, a ratio within a bucketed KPI) and
 //! a derived KPI across two KPIs, and a funnel over them, equal the same formula
-//! computed over the source in the same statement.
+//! computed over the source in the same statement. A rebuilder session rebuilds each
+//! kind of KPI in turn while the writers write (each check must still hold), and after
+//! the fold `kpi.alter` changes their measures and dimensions: kinds and a current-state
+//! KPI's history are kept, and changes that only a bucketed KPI can take are refused.
 
 use pg_kpi_e2e::postgres::Client;
 use pg_kpi_e2e::{describe_error, wait_for, Cluster};
@@ -221,6 +224,25 @@ fn state_and_overdue_kpis_stay_exact_under_concurrent_dml() {
             results
         })
     };
+    // Rebuilds of each kind while the writers write (docs/rebuild.md): each must leave
+    // its KPI equal to the recomputation, like every check around it.
+    let rebuilder = {
+        let done = Arc::clone(&done);
+        let mut c = cluster.connect();
+        std::thread::spawn(move || {
+            let mut rebuilt = 0;
+            for name in ["by_status", "late", "stock", "open_count"].iter().cycle() {
+                if done.load(Ordering::SeqCst) || rebuilt >= 40 {
+                    break;
+                }
+                if let Err(e) = c.batch_execute(&format!("CALL kpi.rebuild('{name}')")) {
+                    panic!("rebuild of {name}: {}", describe_error(&e));
+                }
+                rebuilt += 1;
+            }
+            rebuilt
+        })
+    };
     let mut mid_run = Vec::new();
     let mut checks = 0;
     while !done.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(300) {
@@ -231,18 +253,21 @@ fn state_and_overdue_kpis_stay_exact_under_concurrent_dml() {
         std::thread::sleep(Duration::from_millis(30));
     }
     let results = watcher.join().expect("watcher");
+    let rebuilt = rebuilder.join().expect("rebuilder");
     let committed: usize = results.iter().map(|r| r.0).sum();
     let errors: Vec<&String> = results.iter().flat_map(|r| &r.1).collect();
     println!(
-        "{committed} transactions committed in {:?}; {checks} checks while writing",
+        "{committed} transactions committed in {:?}; {checks} checks and {rebuilt} rebuilds while writing",
         started.elapsed()
     );
+    assert!(rebuilt >= 4, "only {rebuilt} rebuilds ran while writing");
     assert!(errors.is_empty(), "writer errors: {errors:?}");
     assert!(committed > 4000, "only {committed} transactions committed");
     assert!(mid_run.is_empty(), "while writing: {mid_run:?}");
     check(&mut client).expect("after the writers");
     client.batch_execute("SELECT kpi.fold()").expect("fold");
     check(&mut client).expect("after kpi.fold()");
+    alter_keeps_kind_and_history(&mut client);
 
     // Deadlines passing, with no write: the worker's tick announces them, and the value
     // stays exact at every moment.
@@ -291,4 +316,87 @@ fn state_and_overdue_kpis_stay_exact_under_concurrent_dml() {
         .expect("series");
     let (sampled, now): (Option<i64>, i64) = (row.get(0), row.get(1));
     assert_eq!(sampled, Some(now), "last sample vs count(*)");
+}
+
+/// `kpi.alter` of a current-state KPI's measures keeps the history of the measures it
+/// keeps (in their new places) and stays exact; an overdue KPI's dimensions can change;
+/// what such a KPI does not have (a time column, a bucket choice) is refused and leaves
+/// it as it was.
+fn alter_keeps_kind_and_history(client: &mut Client) {
+    let history = |c: &mut Client| -> i64 {
+        c.query_one(
+            "SELECT count(value) FROM kpi.series('by_status', 'n', now() - interval '1 hour')",
+            &[],
+        )
+        .expect("series")
+        .get(0)
+    };
+    let before = history(client);
+    assert!(
+        before > 1,
+        "by_status has {before} samples before the alter"
+    );
+    // One statement per call: CALL kpi.alter commits between its steps.
+    for sql in [
+        "CALL kpi.alter('by_status', measures => 'top = max(quantity), n = count(*), units = sum(quantity), per_item = units / n')",
+        "CALL kpi.alter('late', dimensions => '{warehouse, sku}')",
+    ] {
+        client
+            .batch_execute(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", describe_error(&e)));
+    }
+    check(client).expect("after kpi.alter");
+    let after = history(client);
+    assert!(
+        after >= before,
+        "samples of n: {before} before the alter, {after} after"
+    );
+    let top: (Option<i32>, Option<i32>) = client
+        .query_one(
+            "SELECT (SELECT max(value)::int FROM kpi.top('by_status', 'top', 'status')),
+                    (SELECT max(quantity) FROM items)",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .expect("the new measure");
+    assert_eq!(top.0, top.1, "by_status.top vs max(quantity)");
+    let kinds: Vec<(String, String)> = client
+        .query(
+            "SELECT d.name, k.kind FROM kpi.definition_kinds k JOIN kpi.definitions d ON d.id = k.kpi ORDER BY 1",
+            &[],
+        )
+        .expect("kinds")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let want = [
+        ("by_status", "state"),
+        ("late", "overdue"),
+        ("open_count", "state"),
+        ("stock", "state"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(kinds, want, "rebuilt KPIs keep their kind");
+    for (sql, arg) in [
+        (
+            "CALL kpi.alter('late', time_column => 'created_at')",
+            "time_column",
+        ),
+        ("CALL kpi.alter('by_status', bucket => '1 hour')", "bucket"),
+        ("CALL kpi.alter('stock', retention => '1 day')", "retention"),
+    ] {
+        let err = client.batch_execute(sql).expect_err(sql);
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err}"));
+        assert_eq!(db.code().code(), "0A000", "{sql}: {}", db.message());
+        assert!(db.message().contains(arg), "{sql}: {}", db.message());
+        assert!(
+            db.hint().is_some_and(|h| h.contains("drop the KPI")),
+            "{sql}: {:?}",
+            db.hint()
+        );
+    }
+    check(client).expect("after the refused alters");
 }

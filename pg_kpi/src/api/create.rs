@@ -439,7 +439,8 @@ pub fn create_kpi(
                 Spi::run(&ddl::backfill(&kpi, t))?;
             }
         }
-        if special.is_some() {
+        // A rebuild's definition takes over the old one's samples at the swap.
+        if special.is_some() && !building {
             crate::state::created(&kpi)?;
         }
         if !building {

@@ -81,6 +81,10 @@ pub fn is_state(k: &Kpi) -> bool {
     k.special.as_ref().is_some_and(|s| s.kind == Kind::State)
 }
 
+pub fn is_overdue(k: &Kpi) -> bool {
+    k.special.as_ref().is_some_and(|s| s.kind == Kind::Overdue)
+}
+
 /// Records a new KPI's kind (by `kpi.create`'s path, right after its catalog row).
 pub fn define(id: i32, s: &Special) -> crate::errors::KpiResult<()> {
     let kind = match s.kind {

@@ -35,12 +35,18 @@ pub fn create(k: &Kpi) -> KpiResult<()> {
     Ok(())
 }
 
+/// Whether KPI `k` has a samples table: a current-state KPI, but not a rebuild's hidden
+/// definition, which takes over the old one's table when it is swapped in.
+fn sampled(k: &Kpi) -> bool {
+    super::is_state(k) && !crate::api::rebuild::is_hidden(&k.name)
+}
+
 /// Samples the current totals of each current-state KPI among `kpis` whose id is in
 /// `touched`. Called by the fold after its merges (and by create after the backfill).
 pub fn record(kpis: &[Kpi], touched: &[i32]) -> KpiResult<()> {
     for k in kpis
         .iter()
-        .filter(|k| super::is_state(k) && touched.contains(&k.id))
+        .filter(|k| sampled(k) && touched.contains(&k.id))
     {
         record_one(k)?;
     }
@@ -76,7 +82,7 @@ pub fn retain(k: &Kpi) -> KpiResult<()> {
     let Some(history) = k.special.as_ref().and_then(|s| s.history.clone()) else {
         return Ok(());
     };
-    if !super::is_state(k) {
+    if !sampled(k) {
         return Ok(());
     }
     Spi::run_with_args(

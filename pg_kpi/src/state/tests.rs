@@ -288,6 +288,44 @@ mod tests {
         let by_wh =
             one::<i64>("SELECT sum(value)::bigint FROM kpi.top('late', 'overdue', 'warehouse')");
         assert_eq!(by_wh, one::<i64>(truth));
+        // Folded, the queue holds open rows only: the closed rows' groups are gone
+        // (else every read and deadline probe would walk them), and nothing changed.
+        Spi::run("SELECT kpi._flush_for_tests(); SELECT kpi.fold()").expect("fold");
+        let agg = format!(
+            "kpi._agg_{}",
+            one::<i32>("SELECT id FROM kpi.definitions WHERE name = 'late'").unwrap_or_default()
+        );
+        assert_eq!(
+            one::<i64>(&format!("SELECT count(*) FROM {agg} WHERE _n = 0")),
+            Some(0)
+        );
+        assert_eq!(
+            one::<i64>(&format!("SELECT sum(_n)::bigint FROM {agg}")),
+            one::<i64>(
+                "SELECT count(*) FROM shipments WHERE status NOT IN ('shipped', 'cancelled')"
+            )
+        );
+        assert_eq!(
+            one::<i64>("SELECT kpi.value('late', 'overdue')::bigint"),
+            one::<i64>(truth)
+        );
+        // A row opened and closed between two folds leaves no group either.
+        Spi::run(
+            "INSERT INTO shipments (id, created_at, status, warehouse)
+                VALUES (1000, now() - interval '3 hours', 'new', 'wh1');
+             UPDATE shipments SET status = 'cancelled' WHERE id = 1000;
+             SELECT kpi._flush_for_tests();
+             SELECT kpi.fold();",
+        )
+        .expect("open and close");
+        assert_eq!(
+            one::<i64>(&format!("SELECT count(*) FROM {agg} WHERE _n = 0")),
+            Some(0)
+        );
+        assert_eq!(
+            one::<i64>("SELECT kpi.value('late', 'overdue')::bigint"),
+            one::<i64>(truth)
+        );
         let snap = one::<pgrx::JsonB>("SELECT kpi.snapshot('late')")
             .expect("snapshot")
             .0;

@@ -33,7 +33,7 @@ pub struct Resolved {
 
 /// A measure as the user would write it: stored expressions are Postgres's normalized
 /// SQL, which analyses to the same expression again.
-fn measure_text(m: &Measure) -> String {
+pub fn measure_text(m: &Measure) -> String {
     let e = m.expr.as_deref().unwrap_or_default();
     let call = match m.kind {
         Kind::CountStar => "count(*)".to_string(),

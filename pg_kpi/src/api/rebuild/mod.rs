@@ -18,6 +18,8 @@ mod alerts;
 mod build;
 mod definition;
 mod grants;
+mod retire;
+mod samples;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 
@@ -26,6 +28,8 @@ use crate::errors::{KpiError, KpiResult, OrRaise};
 use crate::privileges::{as_extension_owner, current_user};
 use pgrx::datum::Interval;
 use pgrx::prelude::*;
+
+pub use retire::drop_retired;
 
 /// Advisory lock class of a running rebuild (`pg_advisory_xact_lock(REBUILD_LOCK, id)`
 /// with the building definition's id): each step holds it, so another rebuild of the
@@ -172,22 +176,33 @@ fn check_can_rebuild(kpi: &Kpi) -> KpiResult<()> {
     }
 }
 
-/// The rebuild recreates a definition through `kpi.create`'s path, which knows nothing of
-/// current-state and overdue KPIs (`crate::state`): it would silently turn one into a
-/// bucketed KPI. Refused until it learns them.
-fn refuse_special(kpi: &Kpi, what: &str) -> KpiResult<()> {
+/// A current-state or overdue KPI is rebuilt as what it is (its kind, row time and
+/// sampling carried over by `create_kpi`), and altered in what it shares with a
+/// bucketed KPI: measures, dimensions, filter. Its time is not a column and its bucket
+/// is not a choice (one bucket; one microsecond per deadline), so changing those, or
+/// adding a retention or rollups, is refused.
+fn check_special_changes(kpi: &Kpi, c: &definition::Changes<'_>, what: &str) -> KpiResult<()> {
     let Some(special) = &kpi.special else {
         return Ok(());
     };
-    let kind = match special.kind {
-        crate::state::Kind::State => "a current-state",
-        crate::state::Kind::Overdue => "an overdue",
+    let (kind, create) = match special.kind {
+        crate::state::Kind::State => ("a current-state", "kpi.create_state"),
+        crate::state::Kind::Overdue => ("an overdue", "kpi.create_overdue"),
     };
-    Err(KpiError::new(
-        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-        format!("{what} of {kind} KPI (\"{}\") is not supported yet", kpi.name),
-        "Drop the KPI and create it again with its new definition (kpi.drop, then kpi.create_state or kpi.create_overdue).",
-    ))
+    let changed = [
+        ("time_column", c.time_column.is_some()),
+        ("bucket", c.bucket.is_some()),
+        ("retention", c.retention.is_some()),
+        ("rollups", c.rollups.is_some()),
+    ];
+    match changed.iter().find(|(_, given)| *given) {
+        None => Ok(()),
+        Some((arg, _)) => Err(KpiError::new(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("{what} cannot change the {arg} of {kind} KPI (\"{}\")", kpi.name),
+            format!("Its measures, dimensions and filter can be altered. For a new deadline or sampling, drop the KPI and create it again with {create}."),
+        )),
+    }
 }
 
 /// Step 1: validates the new definition (the old one where an argument is NULL) and
@@ -225,7 +240,7 @@ fn begin(name: &str, what: &str, changes: definition::Changes<'_>) -> KpiResult<
     not_in_transaction_block(what)?;
     let old = as_extension_owner(|| Kpi::by_name(name))?;
     check_can_rebuild(&old)?;
-    refuse_special(&old, what)?;
+    check_special_changes(&old, &changes, what)?;
     // The source first, then (in drop_leftover) the fold lock: the order folds use.
     Spi::run(&format!(
         "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
@@ -247,7 +262,7 @@ fn begin(name: &str, what: &str, changes: definition::Changes<'_>) -> KpiResult<
         false,
         new.rollups,
         true,
-        None,
+        old.special.as_ref(),
     )?;
     as_extension_owner(|| -> KpiResult<()> {
         let built = Kpi::by_ids(&[id])?
@@ -327,8 +342,9 @@ fn swap(id: i32) -> KpiResult<()> {
         "this rebuild was removed while it ran, or was not begun by this session",
         "Run CALL kpi.rebuild(name) again if it is still needed.",
     ))?;
+    wait_for_view_readers(&name)?;
     // Sources, then the fold lock (the fold's order), held to the end: no fold merges
-    // into tables being dropped. Folding first leaves little for the views to decode.
+    // into tables being retired. Folding first leaves little for the views to decode.
     crate::fold::fold()?;
     let mut found = Kpi::by_ids(&[old_id, id])?;
     let new = found
@@ -348,7 +364,17 @@ fn swap(id: i32) -> KpiResult<()> {
         "DROP VIEW IF EXISTS kpi.{}",
         pgrx::spi::quote_identifier(hidden_name(&name))
     ))?;
-    drop_objects(&old)?;
+    // Readers whose snapshot predates this swap keep reading the old id's tables, so
+    // they are retired rather than dropped (`retire`); the old name's view goes.
+    retire::retire(&old)?;
+    Spi::run(&format!("DROP VIEW IF EXISTS {}", old.view()))?;
+    Spi::run_with_args(
+        "DELETE FROM kpi.definitions WHERE id = $1",
+        &[old.id.into()],
+    )?;
+    if crate::state::is_state(&old) {
+        samples::carry(&old, &new)?;
+    }
     Spi::run_with_args(
         "UPDATE kpi.definitions SET name = $2, version = $3, owner = $4::oid::regrole, created_at = $5
           WHERE id = $1",
@@ -370,6 +396,29 @@ fn swap(id: i32) -> KpiResult<()> {
     crate::triggers::invalidate_caches(new.source)?;
     // The definition changed (measures, dimensions…): listeners reload everything.
     crate::fold::notify_reload()
+}
+
+/// The view kpi.<name> is replaced, which waits for transactions that read it: wait for
+/// them before taking the fold lock, so that folds (and writers' freshness) do not wait
+/// behind such a reader. Polled rather than locked: `LOCK TABLE` on a view also locks
+/// the tables it reads, in the same mode, which would invert the fold's lock order
+/// (fold lock, then aggregate tables) and deadlock with a fold or a TRUNCATE.
+fn wait_for_view_readers(name: &str) -> KpiResult<()> {
+    let view = format!("kpi.{}", pgrx::spi::quote_identifier(name));
+    loop {
+        let busy = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_locks
+                             WHERE locktype = 'relation' AND granted
+                               AND relation = pg_catalog.to_regclass($1)
+                               AND pid <> pg_catalog.pg_backend_pid())",
+            &[view.as_str().into()],
+        )?;
+        if busy != Some(true) {
+            return Ok(());
+        }
+        // pg_sleep answers cancels and statement_timeout while it waits.
+        Spi::run("SELECT pg_catalog.pg_sleep(0.01)")?;
+    }
 }
 
 fn old_created_at(id: i32) -> KpiResult<Option<pgrx::datum::TimestampWithTimeZone>> {
