@@ -439,7 +439,7 @@ pub fn create_kpi(
                 Spi::run(&ddl::backfill(&kpi, t))?;
             }
         }
-        // A rebuild's definition takes over the old one's samples at the swap.
+        // A rebuild's definition gets its samples table at the swap, filled from the old one's.
         if special.is_some() && !building {
             crate::state::created(&kpi)?;
         }

@@ -36,7 +36,7 @@ pub fn create(k: &Kpi) -> KpiResult<()> {
 }
 
 /// Whether KPI `k` has a samples table: a current-state KPI, but not a rebuild's hidden
-/// definition, which takes over the old one's table when it is swapped in.
+/// definition, which gets one (filled from the old one's) when it is swapped in.
 fn sampled(k: &Kpi) -> bool {
     super::is_state(k) && !crate::api::rebuild::is_hidden(&k.name)
 }

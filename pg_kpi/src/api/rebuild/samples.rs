@@ -1,5 +1,5 @@
 //! A rebuilt current-state KPI keeps its history: the samples the old definition
-//! recorded become the new one's.
+//! recorded are copied to the new one's samples table.
 
 use super::definition::measure_text;
 use crate::catalog::Kpi;
