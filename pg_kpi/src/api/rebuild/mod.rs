@@ -108,11 +108,19 @@ fn lock_rebuild(id: i32) -> KpiResult<()> {
 /// Drops a KPI's view, state views, aggregate tables and catalog row (not the
 /// triggers: the caller decides). Runs as the extension owner, under the fold lock.
 fn drop_objects(kpi: &Kpi) -> KpiResult<()> {
-    Spi::run(&format!("DROP VIEW IF EXISTS {}", kpi.view()))?;
+    // The view first: it reads the state views.
+    drop_definition(kpi)?;
     for t in 0..kpi.tiers.len() {
         Spi::run(&format!("DROP VIEW IF EXISTS {}", kpi.state_view_of(t)))?;
         Spi::run(&format!("DROP TABLE IF EXISTS {}", kpi.agg_table_of(t)))?;
     }
+    Ok(())
+}
+
+/// Drops a KPI's view and catalog row, leaving its tables (dropped, or retired by a
+/// swap).
+fn drop_definition(kpi: &Kpi) -> KpiResult<()> {
+    Spi::run(&format!("DROP VIEW IF EXISTS {}", kpi.view()))?;
     Spi::run_with_args(
         "DELETE FROM kpi.definitions WHERE id = $1",
         &[kpi.id.into()],
@@ -367,11 +375,7 @@ fn swap(id: i32) -> KpiResult<()> {
     // Readers whose snapshot predates this swap keep reading the old id's tables, so
     // they are retired rather than dropped (`retire`); the old name's view goes.
     retire::retire(&old)?;
-    Spi::run(&format!("DROP VIEW IF EXISTS {}", old.view()))?;
-    Spi::run_with_args(
-        "DELETE FROM kpi.definitions WHERE id = $1",
-        &[old.id.into()],
-    )?;
+    drop_definition(&old)?;
     if crate::state::is_state(&old) {
         samples::carry(&old, &new)?;
     }
